@@ -1,0 +1,407 @@
+"""Hand-written reverse mode over jaxprs.
+
+``forward`` evaluates a jaxpr equation by equation and keeps every value (the
+residuals a rule may need); ``backward`` walks the equations in reverse, looks up each
+equation's hand-written rule in the registry and accumulates cotangents ("blame passed
+backwards").  Both run as ordinary JAX code, so under ``jax.jit`` they run once, at
+trace time, and XLA compiles the result; residuals that no rule reads are dead code.
+
+Conventions:
+
+* A variable is *active* when it is a floating-point value that depends on a
+  differentiated input.  Only equations with an active input are differentiated;
+  ``stop_gradient`` cuts activity.  A cotangent of ``None`` is a symbolic zero: the
+  variable never received blame.  That distinction (missing versus zero) is kept until
+  the public API instantiates zeros.
+* Nested jaxprs are handled here, not in the registry: ``jit`` (descend, or apply the
+  rule of a layer-level op), ``custom_jvp_call`` (transpose the user's JVP rule with the
+  hand rules), ``custom_vjp_call`` (run the user's forward and backward),
+  ``remat2``/``checkpoint`` (recompute in the backward pass) and ``cond``.
+* No JAX autodiff runs here: no ``jax.vjp``/``jax.grad``/``jax.linearize`` and no JAX
+  JVP or transpose rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax._src import source_info_util
+from jax.extend import core as jex
+
+from handgrad._src import layer_ops
+from handgrad._src.registry import RuleError, lookup, missing_rule_error
+
+# Primitives whose output never carries blame back to its input.
+_CUT = frozenset({"stop_gradient"})
+# Names the checkpoint primitive has had across JAX releases.
+_REMAT_NAMES = ("remat2", "checkpoint", "remat")
+
+
+def is_float(aval) -> bool:
+  return jax.dtypes.issubdtype(aval.dtype, jnp.inexact)
+
+
+def zeros(aval):
+  return lax.full(aval.shape, 0, aval.dtype)
+
+
+def where(eqn) -> str:
+  """The user's source line for an equation, as ``file:line (function)``."""
+  try:
+    return source_info_util.summarize(eqn.source_info)
+  except Exception:  # source info is best-effort; never hide the real error
+    return ""
+
+
+@dataclasses.dataclass
+class Frame:
+  """What the forward pass of one jaxpr leaves for its backward pass."""
+  jaxpr: Any
+  env: dict  # Var -> value
+  active: set  # active Vars
+  outs: dict  # eqn index -> list of output values
+  children: dict  # eqn index -> record of a nested equation's forward
+
+
+@dataclasses.dataclass
+class RematRecord:
+  """Forward record of a checkpoint region: its inputs and the values its policy saves."""
+  policy: Any
+  saved: list
+  replay: bool = False
+
+
+# -------------------------------------------------------------------------------------
+# Observers: optional callbacks the inspection tools attach to the backward pass.
+
+@dataclasses.dataclass
+class Observer:
+  """Called for every differentiated equation in backward order.
+
+  ``on_eqn(eqn, layer_name, cts_out, cts_in, invars, outvars)``; ``layer_name`` is the
+  layer-level op's name (``"dense"``) or ``None`` for a primitive.  The observer may
+  only read values (they are traced arrays under ``jit``).
+  """
+  on_eqn: Callable[..., None]
+
+
+_OBSERVERS: list[Observer] = []
+
+
+class observe:
+  """Context manager: attach ``observer`` to every backward pass run inside it."""
+
+  def __init__(self, observer: Observer):
+    self.observer = observer
+
+  def __enter__(self):
+    _OBSERVERS.append(self.observer)
+    return self.observer
+
+  def __exit__(self, *exc):
+    _OBSERVERS.remove(self.observer)
+
+
+# -------------------------------------------------------------------------------------
+# Forward interpreter.
+
+def _read(env, v):
+  return v.val if isinstance(v, jex.Literal) else env[v]
+
+
+def _context(eqn):
+  name_stack = source_info_util.current_name_stack() + eqn.source_info.name_stack
+  return source_info_util.user_context(eqn.source_info.traceback, name_stack=name_stack)
+
+
+def bind(eqn, invals):
+  """Evaluates one equation on ``invals``; always returns a list of outputs."""
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = ()
+  if isinstance(params, tuple):  # older JAX: (subfuns, params)
+    subfuns, params = params
+  with _context(eqn), eqn.ctx.manager:
+    out = eqn.primitive.bind(*subfuns, *invals, **params)
+  return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def forward(jaxpr, consts, args, active_in, remat: RematRecord | None = None) -> tuple[list, Frame]:
+  """Evaluates ``jaxpr`` and records what the backward pass needs.
+
+  ``active_in[i]`` says whether ``args[i]`` is differentiated.  Inside a checkpoint
+  region ``remat`` records (or, in the backward pass, replays) the values its policy
+  saves, in evaluation order.
+  """
+  env: dict = {}
+  active: set = set()
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x, a in zip(jaxpr.invars, args, active_in):
+    env[v] = x
+    if a and is_float(v.aval):
+      active.add(v)
+  frame = Frame(jaxpr, env, active, {}, {})
+  for i, eqn in enumerate(jaxpr.eqns):
+    invals = [_read(env, v) for v in eqn.invars]
+    in_active = [not isinstance(v, jex.Literal) and v in active for v in eqn.invars]
+    differentiated = any(in_active) and eqn.primitive.name not in _CUT
+    if remat is not None and _remat_saves(remat, eqn):
+      if remat.replay:
+        outs = remat.saved.pop(0)
+      else:
+        outs = bind(eqn, invals)
+        remat.saved.append(outs)
+    elif differentiated and eqn.primitive.name in _NESTED_FORWARD:
+      outs, frame.children[i] = _NESTED_FORWARD[eqn.primitive.name](eqn, invals, in_active, remat)
+    else:
+      outs = bind(eqn, invals)
+    frame.outs[i] = outs
+    for v, x in zip(eqn.outvars, outs):
+      if isinstance(v, jex.DropVar):
+        continue
+      env[v] = x
+      if differentiated and is_float(v.aval):
+        active.add(v)
+  return [_read(env, v) for v in jaxpr.outvars], frame
+
+
+# -------------------------------------------------------------------------------------
+# Backward interpreter.
+
+def _accumulate(ct_env, v, ct):
+  if ct is None:
+    return
+  ct_env[v] = ct if v not in ct_env else lax.add(ct_env[v], ct)
+
+
+def backward(frame: Frame, cts_out: Sequence[Any]) -> list:
+  """Cotangents of ``frame.jaxpr``'s inputs given its outputs' (``None`` = zero)."""
+  jaxpr, active = frame.jaxpr, frame.active
+  ct_env: dict = {}
+  for v, ct in zip(jaxpr.outvars, cts_out):
+    if not isinstance(v, jex.Literal) and v in active:
+      _accumulate(ct_env, v, ct)
+  for i in range(len(jaxpr.eqns) - 1, -1, -1):
+    eqn = jaxpr.eqns[i]
+    in_active = [not isinstance(v, jex.Literal) and v in active for v in eqn.invars]
+    if not any(in_active) or eqn.primitive.name in _CUT:
+      continue
+    cts = [None if isinstance(v, jex.DropVar) else ct_env.pop(v, None) for v in eqn.outvars]
+    if all(ct is None for ct in cts):
+      continue
+    cts_in = _apply(frame, i, eqn, cts, in_active)
+    for v, ct, a in zip(eqn.invars, cts_in, in_active):
+      if a:
+        _accumulate(ct_env, v, ct)
+  return [ct_env.get(v) if v in active else None for v in jaxpr.invars]
+
+
+def _instantiate(cts, avals):
+  return [zeros(a) if ct is None else ct for ct, a in zip(cts, avals)]
+
+
+def _apply(frame: Frame, i: int, eqn, cts: list, in_active: list) -> list:
+  name = eqn.primitive.name
+  args = [_read(frame.env, v) for v in eqn.invars]
+  layer = None
+  if name == "jit":
+    layer = layer_ops.lookup_instance(eqn.params["name"])
+  if layer is None and name in _NESTED_BACKWARD:
+    with _context(eqn):
+      cts_in = _NESTED_BACKWARD[name](eqn, frame.children.get(i), args, cts, in_active)
+    _notify(eqn, None, cts, cts_in)
+    return cts_in
+  if layer is not None:
+    rule_name, params = layer
+  else:
+    rule_name, params = name, eqn.params
+  rule = lookup(rule_name)
+  if rule is None:
+    raise missing_rule_error(rule_name, where(eqn))
+  ans = frame.outs[i]
+  g = _instantiate(cts, [v.aval for v in eqn.outvars])
+  if not eqn.primitive.multiple_results and layer is None:
+    g, ans = g[0], ans[0]
+  elif layer is not None and len(eqn.outvars) == 1:
+    g, ans = g[0], ans[0]
+  with _context(eqn):
+    cts_in = rule(g, ans, *args, **params)
+  cts_in = check_cotangents(rule_name, eqn, cts_in, in_active)
+  _notify(eqn, rule_name if layer is not None else None, cts, cts_in)
+  return cts_in
+
+
+def _notify(eqn, layer_name, cts_out, cts_in):
+  for obs in _OBSERVERS:
+    obs.on_eqn(eqn, layer_name, cts_out, cts_in)
+
+
+def check_cotangents(rule_name: str, eqn, cts_in, in_active) -> list:
+  """Fails loudly when a rule returns the wrong number, shape or dtype of cotangents."""
+  n = len(eqn.invars)
+  loc = where(eqn)
+  loc = f" (at {loc})" if loc else ""
+  if not isinstance(cts_in, (tuple, list)):
+    raise RuleError(f"VJP rule '{rule_name}' must return a tuple with one cotangent per "
+                    f"argument ({n}), got {type(cts_in).__name__}{loc}")
+  if len(cts_in) != n:
+    raise RuleError(f"VJP rule '{rule_name}' returned {len(cts_in)} cotangents for "
+                    f"{n} arguments{loc}")
+  out = []
+  for k, (v, ct, a) in enumerate(zip(eqn.invars, cts_in, in_active)):
+    if ct is None or not a:
+      out.append(None)
+      continue
+    aval = v.aval
+    shape, dtype = getattr(ct, "shape", None), getattr(ct, "dtype", None)
+    if dtype is None:
+      raise RuleError(f"VJP rule '{rule_name}' returned a {type(ct).__name__} for argument "
+                      f"{k}; expected an array of shape {aval.shape} and dtype {aval.dtype}{loc}")
+    if tuple(shape) != tuple(aval.shape):
+      raise RuleError(f"VJP rule '{rule_name}' returned a cotangent of shape {tuple(shape)} "
+                      f"for argument {k}, whose shape is {tuple(aval.shape)}{loc}")
+    if dtype != aval.dtype:
+      raise RuleError(f"VJP rule '{rule_name}' returned a cotangent of dtype {dtype} for "
+                      f"argument {k}, whose dtype is {aval.dtype}{loc}")
+    out.append(ct)
+  return out
+
+
+# -------------------------------------------------------------------------------------
+# Nested jaxprs.
+
+def _jit_forward(eqn, invals, in_active, remat):
+  if layer_ops.lookup_instance(eqn.params["name"]) is not None:
+    return bind(eqn, invals), None  # a layer-level op: one node, its own rule
+  closed = eqn.params["jaxpr"]
+  with _context(eqn):
+    return forward(closed.jaxpr, closed.consts, invals, in_active, remat)
+
+
+def _jit_backward(eqn, child, args, cts, in_active):
+  return backward(child, cts)
+
+
+def _custom_jvp_backward(eqn, child, args, cts, in_active):
+  # The user's JVP rule is linear in the tangents; the VJP is its transpose, which is
+  # exactly the hand reverse pass of ``t -> jvp(x, t)`` at any t (we use t = 0).
+  p = eqn.params
+  nc = p["num_consts"]
+  if any(in_active[:nc]):
+    raise NotImplementedError(
+        f"differentiating a custom_jvp function with respect to a closed-over value "
+        f"is not supported{'; at ' + where(eqn) if where(eqn) else ''}")
+  primals = args[nc:]
+  tangent_zero = [not a for a in in_active[nc:]]
+  jvp_jaxpr, jvp_consts, out_zeros = p["jvp_jaxpr_fun"].call_wrapped(*tangent_zero)
+  tangents = [zeros(v.aval) for v, z in zip(eqn.invars[nc:], tangent_zero) if not z]
+  _, frame = forward(jvp_jaxpr, jvp_consts, [*primals, *tangents],
+                     [False] * len(primals) + [True] * len(tangents))
+  nz_cts = [ct for ct, z in zip(cts, out_zeros) if not z]
+  t_cts = iter(backward(frame, [None] * len(out_zeros) + nz_cts)[len(primals):])
+  return [None] * nc + [None if z else next(t_cts) for z in tangent_zero]
+
+
+def _custom_vjp_forward(eqn, invals, in_active, remat):
+  p = eqn.params
+  nc = p["num_consts"]
+  if any(in_active[:nc]):
+    raise TypeError(
+        "Detected differentiation of a custom_vjp function with respect to a closed-over "
+        "value; pass it to the custom_vjp function as an argument instead"
+        f"{' (at ' + where(eqn) + ')' if where(eqn) else ''}")
+  primals = invals[nc:]
+  fwd_jaxpr, fwd_consts = p["fwd_jaxpr_thunk"].call_wrapped(*[bool(a) for a in in_active[nc:]])
+  with _context(eqn):
+    res_and_outs, _ = forward(fwd_jaxpr, fwd_consts, primals, [False] * len(primals))
+  trees = p["out_trees"]()
+  res_tree = trees[1]
+  input_fwds = trees[2] if len(trees) > 2 else [None] * res_tree.num_leaves
+  n_res = res_tree.num_leaves - sum(f is not None for f in input_fwds)
+  res_out, outs = res_and_outs[:n_res], res_and_outs[n_res:]
+  res_iter = iter(res_out)
+  res = [next(res_iter) if f is None else primals[f] for f in input_fwds]
+  return outs, res
+
+
+def _is_symbolic_zero(x) -> bool:
+  return x is None or type(x).__name__ in ("Zero", "SymbolicZero")
+
+
+def _custom_vjp_backward(eqn, res, args, cts, in_active):
+  nc = eqn.params["num_consts"]
+  cts = _instantiate(cts, [v.aval for v in eqn.outvars])
+  cts_in = eqn.params["bwd"].call_wrapped(*res, *cts)
+  cts_in = [None if _is_symbolic_zero(ct) else ct for ct in cts_in]
+  return check_cotangents(f"custom_vjp:{eqn.params.get('name', '?')}", eqn,
+                          [None] * nc + cts_in, in_active)
+
+
+def _saveable(decision) -> bool:
+  if isinstance(decision, bool):
+    return decision
+  # jax's policies may also answer with the Saveable / Recompute / Offloadable markers.
+  return type(decision).__name__ in ("SaveableType", "Offloadable")
+
+
+def _remat_saves(remat: RematRecord, eqn) -> bool:
+  if remat.policy is None or eqn.primitive.name in _NESTED_FORWARD:
+    return False
+  return _saveable(remat.policy(eqn.primitive, *[v.aval for v in eqn.invars], **eqn.params))
+
+
+def _remat_forward(eqn, invals, in_active, remat):
+  record = RematRecord(eqn.params.get("policy"), [])
+  outs, _ = forward(eqn.params["jaxpr"], [], invals, in_active, record)
+  return outs, (invals, record)
+
+
+def _remat_backward(eqn, child, args, cts, in_active):
+  # Recompute the region from its inputs and the values its policy saved.  The
+  # optimisation barrier stops XLA from merging the recomputation with the forward
+  # pass, which would keep every intermediate alive and undo the memory saving.
+  invals, record = child
+  keep = [i for i, v in enumerate(eqn.invars) if not isinstance(v, jex.Literal)]
+  barriered, saved = lax.optimization_barrier(([invals[i] for i in keep], record.saved))
+  invals = list(invals)
+  for i, x in zip(keep, barriered):
+    invals[i] = x
+  replay = RematRecord(record.policy, list(saved), replay=True)
+  _, frame = forward(eqn.params["jaxpr"], [], invals, in_active, replay)
+  return backward(frame, cts)
+
+
+def _cond_backward(eqn, child, args, cts, in_active):
+  index, operands = args[0], args[1:]
+  act = in_active[1:]
+  cts = _instantiate(cts, [v.aval for v in eqn.outvars])
+
+  def branch_vjp(closed):
+    def run(ops, cts):
+      _, frame = forward(closed.jaxpr, closed.consts, ops, act)
+      cts_in = backward(frame, cts)
+      return [zeros(v.aval) if ct is None else ct
+              for ct, v, a in zip(cts_in, closed.jaxpr.invars, act) if a]
+    return run
+
+  active_cts = iter(lax.switch(index, [branch_vjp(b) for b in eqn.params["branches"]],
+                               operands, cts))
+  return [None] + [next(active_cts) if a else None for a in act]
+
+
+_NESTED_FORWARD: dict[str, Callable] = {
+    "jit": _jit_forward,
+    "custom_vjp_call": _custom_vjp_forward,
+    **{name: _remat_forward for name in _REMAT_NAMES},
+}
+_NESTED_BACKWARD: dict[str, Callable] = {
+    "jit": _jit_backward,
+    "custom_jvp_call": _custom_jvp_backward,
+    "custom_vjp_call": _custom_vjp_backward,
+    "cond": _cond_backward,
+    **{name: _remat_backward for name in _REMAT_NAMES},
+}

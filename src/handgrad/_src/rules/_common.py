@@ -1,0 +1,37 @@
+"""Helpers shared by every rule family."""
+
+from __future__ import annotations
+
+import numpy as np
+from jax import lax
+
+
+def sum_to(ct, x):
+  """Sums the cotangent ``ct`` down to the shape of ``x`` and casts it to ``x``'s dtype.
+
+  Binary primitives in a jaxpr broadcast implicitly: a scalar against an array
+  (``mul f32[] f32[3,4]``) and size-1 dimensions against full ones
+  (``add f32[5,8] f32[1,8]``).  The operand's cotangent is the output cotangent summed
+  over every dimension the operand was broadcast along.
+  """
+  shape = tuple(np.shape(x))
+  if tuple(ct.shape) != shape:
+    lead = ct.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and ct.shape[lead + i] != 1)
+    if axes:
+      ct = lax.reduce_sum(ct, axes)
+    ct = lax.reshape(ct, shape)
+  dtype = getattr(x, "dtype", None)
+  if dtype is not None and ct.dtype != dtype:
+    ct = lax.convert_element_type(ct, dtype)
+  return ct
+
+
+def zeros_like(x):
+  return lax.full(np.shape(x), 0, x.dtype)
+
+
+def like(value, x):
+  """A scalar constant with ``x``'s dtype."""
+  return np.array(value, dtype=x.dtype)

@@ -1,0 +1,237 @@
+"""Layer-level operations and their hand-derived backward passes.
+
+Each operation is plain JAX (``jax.grad`` descends into it like any jit) that stays a
+single node in a jaxpr; inside ``handgrad.grad`` the engine applies the rule below it
+instead of descending.  These are the seed's formulas, written once, next to their
+forward pass.
+
+Shapes: ``B`` batch (any number of leading dims), ``I``/``O`` in/out features, ``C``
+classes, ``T``/``S`` query/key positions, ``H`` heads, ``D`` head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from handgrad._src.layer_ops import layer_op
+from handgrad._src.registry import defvjp
+
+
+def _lead_axes(x):
+  return tuple(range(x.ndim - 1))
+
+
+# --- dense ---------------------------------------------------------------------------
+
+@layer_op("dense")
+def dense(x, W, b):
+  """z = x·W + b.   x: [B…, I], W: [I, O], b: [O] -> z: [B…, O]."""
+  return jnp.matmul(x, W) + b
+
+
+@defvjp("dense")
+def _dense_vjp(dZ, z, x, W, b):
+  """The seed's three formulas, for any number of leading batch dimensions:
+
+      dW = xᵀ · dZ        (sum over the batch of outer products)
+      db = Σ_batch dZ
+      dx = dZ · Wᵀ
+  """
+  lead = _lead_axes(x)
+  dW = lax.dot_general(x, dZ, ((lead, lead), ((), ())))
+  db = jnp.sum(dZ, axis=lead) if lead else dZ
+  dx = lax.dot_general(dZ, W, (((dZ.ndim - 1,), (1,)), ((), ())))
+  return dx, dW.astype(W.dtype), db.astype(b.dtype)
+
+
+# --- activations ---------------------------------------------------------------------
+
+@layer_op("relu")
+def relu(x):
+  """max(x, 0), elementwise."""
+  return jnp.maximum(x, 0)
+
+
+@defvjp("relu")
+def _relu_vjp(g, a, x):
+  """da/dx = 1 where x > 0, else 0.  relu'(0) = 0, the convention of ``jax.nn.relu``
+  (``jnp.maximum(x, 0)`` alone would give ½ at 0: JAX's max splits ties)."""
+  return (jnp.where(x > 0, g, jnp.zeros_like(g)),)
+
+
+@layer_op("sigmoid")
+def sigmoid(x):
+  """σ(x) = 1 / (1 + e^(−x)), elementwise."""
+  return jax.nn.sigmoid(x)
+
+
+@defvjp("sigmoid")
+def _sigmoid_vjp(g, s, x):
+  """dσ/dx = σ(1 − σ): at most ¼, which is why deep sigmoid stacks lose gradient."""
+  return (g * s * (1 - s),)
+
+
+@layer_op("tanh")
+def tanh(x):
+  """tanh(x), elementwise."""
+  return jnp.tanh(x)
+
+
+@defvjp("tanh")
+def _tanh_vjp(g, t, x):
+  """d tanh/dx = 1 − tanh² = (1 + t)(1 − t), the factored form is exact near |t| = 1."""
+  return ((g + g * t) * (1 - t),)
+
+
+# --- softmax family ------------------------------------------------------------------
+
+@layer_op("softmax")
+def softmax(x, *, axis=-1):
+  """softmax along ``axis``; the max is subtracted first so exp never overflows."""
+  m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+  e = jnp.exp(x - m)
+  return e / jnp.sum(e, axis=axis, keepdims=True)
+
+
+@defvjp("softmax")
+def _softmax_vjp(g, s, x, *, axis=-1):
+  """ds/dx is the Jacobian diag(s) − s sᵀ, so dx = s ⊙ (g − Σ g·s)."""
+  return (s * (g - jnp.sum(g * s, axis=axis, keepdims=True)),)
+
+
+@layer_op("log_softmax")
+def log_softmax(x, *, axis=-1):
+  """log softmax along ``axis``: x − max − log Σ exp(x − max)."""
+  shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+  return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+
+
+@defvjp("log_softmax")
+def _log_softmax_vjp(g, ls, x, *, axis=-1):
+  """dx = g − softmax(x)·Σg, with softmax(x) = exp(log_softmax(x))."""
+  return (g - jnp.exp(ls) * jnp.sum(g, axis=axis, keepdims=True),)
+
+
+@layer_op("softmax_cross_entropy")
+def softmax_cross_entropy(logits, labels):
+  """Mean cross-entropy of integer labels.   logits: [B…, C], labels: [B…] int -> [].
+
+  A label outside ``[0, C)`` makes the loss NaN (never a silently wrong number).
+  ``handgrad.train`` checks label ranges on the host before a batch is used.
+  """
+  num_classes = logits.shape[-1]
+  log_probs = log_softmax.impl(logits, axis=-1)
+  valid = (labels >= 0) & (labels < num_classes)
+  safe = jnp.where(valid, labels, 0)
+  picked = jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+  return jnp.mean(jnp.where(valid, -picked, jnp.nan))
+
+
+@defvjp("softmax_cross_entropy")
+def _softmax_cross_entropy_vjp(g, loss, logits, labels):
+  """The seed's fused backward: dlogits = (softmax − onehot) / batch, times g.
+
+  Invalid labels give NaN rows, like the forward pass.
+  """
+  num_classes = logits.shape[-1]
+  batch = math.prod(labels.shape)
+  probs = softmax.impl(logits, axis=-1)
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+  valid = ((labels >= 0) & (labels < num_classes))[..., None]
+  dlogits = jnp.where(valid, probs - onehot, jnp.nan) * (g / batch)
+  return dlogits.astype(logits.dtype), None
+
+
+# --- regression loss -----------------------------------------------------------------
+
+@layer_op("mse")
+def mse(pred, target):
+  """Mean squared error: mean((pred − target)²) -> []."""
+  return jnp.mean(jnp.square(pred - target))
+
+
+@defvjp("mse")
+def _mse_vjp(g, loss, pred, target):
+  """d/dpred = 2(pred − target)/N · g;  d/dtarget is its negative."""
+  d = (2 * g / pred.size) * (pred - target)
+  return d.astype(pred.dtype), (-d).astype(target.dtype)
+
+
+# --- layer norm ----------------------------------------------------------------------
+
+@layer_op("layer_norm")
+def layer_norm(x, gamma, beta, *, eps=1e-5):
+  """Normalise the last axis:  y = (x − μ)/√(σ² + ε)·γ + β.   x: [B…, F], γ, β: [F]."""
+  mu = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
+  return (x - mu) * lax.rsqrt(var + eps) * gamma + beta
+
+
+@defvjp("layer_norm")
+def _layer_norm_vjp(g, y, x, gamma, beta, *, eps=1e-5):
+  """With x̂ = (x − μ)·r, r = 1/√(σ² + ε) and dx̂ = g·γ:
+
+      dβ = Σ_batch g,   dγ = Σ_batch g·x̂,
+      dx = r·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))      (means over the feature axis)
+
+  A constant row has x̂ = 0 and gets dx = r·(dx̂ − mean(dx̂)), finite for ε > 0.
+  """
+  lead = _lead_axes(x)
+  mu = jnp.mean(x, axis=-1, keepdims=True)
+  r = lax.rsqrt(jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True) + eps)
+  xhat = (x - mu) * r
+  dxhat = g * gamma
+  dx = r * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
+            - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+  dgamma = jnp.sum(g * xhat, axis=lead) if lead else g * xhat
+  dbeta = jnp.sum(g, axis=lead) if lead else g
+  return dx.astype(x.dtype), dgamma.astype(gamma.dtype), dbeta.astype(beta.dtype)
+
+
+# --- attention -----------------------------------------------------------------------
+
+@layer_op("attention_weights")
+def _attention_with_weights(q, k, v, *, causal=False):
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  logits = jnp.einsum("...thd,...shd->...hts", q, k) * scale
+  if causal:
+    t, s = logits.shape[-2], logits.shape[-1]
+    keep = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
+    logits = jnp.where(keep, logits, -jnp.inf)
+  p = softmax.impl(logits, axis=-1)
+  return jnp.einsum("...hts,...shd->...thd", p, v), p
+
+
+def attention(q, k, v, *, causal=False):
+  """Scaled dot-product multi-head attention.
+
+  q: [B…, T, H, D], k, v: [B…, S, H, D] -> [B…, T, H, D] (the layout of
+  ``jax.nn.dot_product_attention``).  ``causal=True`` lets position t attend to
+  positions ≤ t only.
+  """
+  return _attention_with_weights(q, k, v, causal=causal)[0]
+
+
+@defvjp("attention_weights")
+def _attention_vjp(g, outs, q, k, v, *, causal=False):
+  """With P = softmax(q·kᵀ/√D) and out = P·v (per head):
+
+      dv = Pᵀ·g,   dP = g·vᵀ,   dL = P ⊙ (dP − Σ_s dP·P) / √D   (softmax backward),
+      dq = dL·k,   dk = dLᵀ·q.
+
+  The weights P come from the forward pass (a second output of the op), so the
+  backward does not recompute q·kᵀ; masked positions have P = 0 and get no blame.
+  """
+  g_out, g_p = g
+  _, p = outs
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  dv = jnp.einsum("...hts,...thd->...shd", p, g_out)
+  dp = jnp.einsum("...thd,...shd->...hts", g_out, v) + g_p
+  dlogits = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * scale
+  dq = jnp.einsum("...hts,...shd->...thd", dlogits, k)
+  dk = jnp.einsum("...hts,...thd->...shd", dlogits, q)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
