@@ -25,6 +25,8 @@ class Traced:
 
   def __init__(self, fun: Callable, primals: Sequence[Any], has_aux: bool):
     flat, self.in_tree = jax.tree.flatten(primals)
+    # Python scalars become (weakly typed) arrays, so rules always see arrays.
+    flat = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in flat]
     store = {}
 
     def flat_fun(*flat_args):

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax._src import source_info_util
 from jax.extend import core as jex
@@ -110,7 +111,10 @@ class observe:
 # Forward interpreter.
 
 def _read(env, v):
-  return v.val if isinstance(v, jex.Literal) else env[v]
+  if isinstance(v, jex.Literal):
+    # Literals may hold Python scalars; rules see arrays with the literal's dtype.
+    return np.asarray(v.val, dtype=v.aval.dtype)
+  return env[v]
 
 
 def _context(eqn):
@@ -296,9 +300,15 @@ def _custom_jvp_backward(eqn, child, args, cts, in_active):
         f"differentiating a custom_jvp function with respect to a closed-over value "
         f"is not supported{'; at ' + where(eqn) if where(eqn) else ''}")
   primals = args[nc:]
-  tangent_zero = [not a for a in in_active[nc:]]
+  # Rules written without symbolic_zeros expect every tangent as an array: JAX
+  # instantiates zeros for them, and so do we.
+  if p.get("symbolic_zeros", False):
+    tangent_zero = [not a for a in in_active[nc:]]
+  else:
+    tangent_zero = [False] * len(primals)
   jvp_jaxpr, jvp_consts, out_zeros = p["jvp_jaxpr_fun"].call_wrapped(*tangent_zero)
-  tangents = [zeros(v.aval) for v, z in zip(eqn.invars[nc:], tangent_zero) if not z]
+  tangents = [zeros(v.aval) if is_float(v.aval) else np.zeros(v.aval.shape, jax.dtypes.float0)
+              for v, z in zip(eqn.invars[nc:], tangent_zero) if not z]
   _, frame = forward(jvp_jaxpr, jvp_consts, [*primals, *tangents],
                      [False] * len(primals) + [True] * len(tangents))
   nz_cts = [ct for ct, z in zip(cts, out_zeros) if not z]

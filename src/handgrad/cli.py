@@ -1,0 +1,51 @@
+"""The ``handgrad`` command: ``handgrad check``, ``handgrad train``, ...
+
+Each subcommand lives in ``handgrad/_src/cli/<name>.py`` with ``add_parser`` and ``run``.
+Bad arguments and unreadable inputs end with one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from handgrad._src.cli import check as check_cmd
+
+_SUBCOMMANDS = [check_cmd]
+try:  # training is optional at import time so `handgrad check` never depends on it
+  from handgrad._src.cli import train as train_cmd
+  _SUBCOMMANDS.append(train_cmd)
+except ImportError:  # pragma: no cover
+  pass
+
+
+class CommandError(Exception):
+  """An error to report as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="handgrad", description="Backpropagation by hand on JAX.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  sub.required = True
+  for module in _SUBCOMMANDS:
+    module.add_parser(sub)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return int(args.run(args) or 0)
+  except KeyboardInterrupt:
+    print("handgrad: interrupted", file=sys.stderr)
+    return 130
+  except (CommandError, OSError, ValueError) as e:
+    print(f"handgrad {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
