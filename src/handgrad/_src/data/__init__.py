@@ -1,0 +1,1 @@
+"""Datasets and batching; the public names live in ``handgrad.data``."""
