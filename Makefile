@@ -1,0 +1,31 @@
+# Everything runs from a virtual environment this Makefile creates (.venv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup train check test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+# The main job: train the seed's MLP on the embedded MNIST with hand-written backprop.
+train: setup
+	$(BIN)/handgrad train
+
+# Every registered VJP rule against jax.vjp, then the seed's scalar example by hand.
+check: setup
+	$(BIN)/handgrad check
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2
+
+bench: setup
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

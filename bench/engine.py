@@ -1,0 +1,175 @@
+"""Jitted training step with handgrad.grad versus jax.grad: time, memory, compile time.
+
+One step = forward, loss, backward, SGD update, jitted and donating the parameters.
+Models: the seed's MLP [784, 256, 128, 10] written with handgrad.ops layer-level ops
+(``mlp/ops``) and with plain jax.numpy/jax.nn (``mlp/jnp``, exercising primitive
+rules) at batch 32, 128, 1024 and 8192; and a stack of 4 pre-norm transformer blocks.
+
+Ratios are hand / jax, measured side by side in one run (interleaved rounds, medians).
+Targets: step time ≤ 1.05, compiled temp memory ≤ 1.05, trace+compile time ≤ 2.
+
+    python bench/engine.py            # full run, writes bench/results.md
+    python bench/engine.py --quick    # fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+
+import handgrad as hg
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _common import (compile_seconds_and_memory, interleaved_step_times,  # noqa: E402
+                     markdown_table, write_section)
+
+LR = 0.01
+
+
+# --- models ---------------------------------------------------------------------------
+
+def init_mlp(key, dims=(784, 256, 128, 10)):
+  params = []
+  for k, (m, n) in zip(jax.random.split(key, len(dims) - 1), zip(dims[:-1], dims[1:])):
+    params.append({"W": jax.random.normal(k, (m, n)) * math.sqrt(2 / m), "b": jnp.zeros(n)})
+  return params
+
+
+def mlp_loss_ops(params, x, y):
+  h = x
+  for layer in params[:-1]:
+    h = hg.ops.relu(hg.ops.dense(h, layer["W"], layer["b"]))
+  return hg.ops.softmax_cross_entropy(hg.ops.dense(h, params[-1]["W"], params[-1]["b"]), y)
+
+
+def mlp_loss_jnp(params, x, y):
+  h = x
+  for layer in params[:-1]:
+    h = jax.nn.relu(h @ layer["W"] + layer["b"])
+  logits = h @ params[-1]["W"] + params[-1]["b"]
+  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+
+def init_transformer(key, *, blocks=4, dim=128, hidden=512):
+  def dense(k, m, n):
+    return {"W": jax.random.normal(k, (m, n)) / math.sqrt(m), "b": jnp.zeros(n)}
+
+  params = []
+  for k in jax.random.split(key, blocks):
+    ks = jax.random.split(k, 6)
+    params.append({
+        "ln1": {"g": jnp.ones(dim), "b": jnp.zeros(dim)},
+        "ln2": {"g": jnp.ones(dim), "b": jnp.zeros(dim)},
+        "q": dense(ks[0], dim, dim), "k": dense(ks[1], dim, dim), "v": dense(ks[2], dim, dim),
+        "o": dense(ks[3], dim, dim), "ff1": dense(ks[4], dim, hidden), "ff2": dense(ks[5], hidden, dim),
+    })
+  return params
+
+
+def transformer_loss(params, x, target, heads=4):
+  b, t, d = x.shape
+  for p in params:
+    h = hg.ops.layer_norm(x, p["ln1"]["g"], p["ln1"]["b"])
+    split = lambda z: z.reshape(b, t, heads, d // heads)
+    q, k, v = (split(hg.ops.dense(h, p[n]["W"], p[n]["b"])) for n in "qkv")
+    a = hg.ops.attention(q, k, v, causal=True).reshape(b, t, d)
+    x = x + hg.ops.dense(a, p["o"]["W"], p["o"]["b"])
+    h = hg.ops.layer_norm(x, p["ln2"]["g"], p["ln2"]["b"])
+    h = jax.nn.gelu(hg.ops.dense(h, p["ff1"]["W"], p["ff1"]["b"]))
+    x = x + hg.ops.dense(h, p["ff2"]["W"], p["ff2"]["b"])
+  return hg.ops.mse(x, target)
+
+
+# --- steps ----------------------------------------------------------------------------
+
+def make_step(loss, grad_fn):
+  """A factory of fresh jitted steps (a new function object each time, so that JAX's
+  tracing and compilation caches cannot hide the trace+compile cost)."""
+  def make():
+    def step(params, *batch):
+      loss_value, grads = grad_fn(loss)(params, *batch)
+      return jax.tree.map(lambda p, g: p - LR * g, params, grads), loss_value
+    return jax.jit(step, donate_argnums=0)
+  return make
+
+
+def bench_case(name, loss, params, batch, *, repeats, iters):
+  makers = {"hand": make_step(loss, hg.value_and_grad), "jax": make_step(loss, jax.value_and_grad)}
+  # Trace+compile time and memory of fresh jit objects, interleaved over 3 rounds.
+  compile_s = {k: [] for k in makers}
+  temp = {}
+  for _ in range(3):
+    for k, make in makers.items():
+      s, temp[k] = compile_seconds_and_memory(make, (params, *batch))
+      compile_s[k].append(s)
+  compile_med = {k: sorted(v)[1] for k, v in compile_s.items()}
+
+  # Separate copies of the parameters, since the steps donate them.
+  state = {k: jax.tree.map(jnp.copy, params) for k in makers}
+  fns = {k: make() for k, make in makers.items()}
+  losses = {}
+  for k in makers:  # compile + warm up; the first losses must agree
+    state[k], losses[k] = fns[k](state[k], *batch)
+
+  def thunk(k):
+    def run():
+      state[k], loss_value = fns[k](state[k], *batch)
+      return loss_value
+    return run
+
+  t_hand, t_jax = interleaved_step_times([thunk("hand"), thunk("jax")], repeats=repeats,
+                                         iters=iters)
+  agree = abs(float(losses["hand"]) - float(losses["jax"])) <= 1e-5 * max(1.0, abs(float(losses["jax"])))
+  return {
+      "case": name,
+      "hand ms": f"{t_hand * 1e3:.3f}", "jax ms": f"{t_jax * 1e3:.3f}",
+      "time ratio": f"{t_hand / t_jax:.3f}",
+      "temp MiB hand/jax": f"{temp['hand'] / 2**20:.2f} / {temp['jax'] / 2**20:.2f}",
+      "memory ratio": f"{temp['hand'] / max(temp['jax'], 1):.3f}",
+      "compile s hand/jax": f"{compile_med['hand']:.2f} / {compile_med['jax']:.2f}",
+      "compile ratio": f"{compile_med['hand'] / compile_med['jax']:.2f}",
+      "loss agrees": "yes" if agree else f"NO ({float(losses['hand'])} vs {float(losses['jax'])})",
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="fewer repeats and batch sizes")
+  parser.add_argument("--no-write", action="store_true", help="print only; leave results.md")
+  args = parser.parse_args(argv)
+  repeats = 5 if args.quick else 15
+  key = jax.random.key(0)
+  kp, kx, ky = jax.random.split(key, 3)
+  rows = []
+  batch_sizes = (32, 1024) if args.quick else (32, 128, 1024, 8192)
+  mlp = init_mlp(kp)
+  for variant, loss in (("ops", mlp_loss_ops), ("jnp", mlp_loss_jnp)):
+    for bs in batch_sizes:
+      x = jax.random.uniform(kx, (bs, 784))
+      y = jax.random.randint(ky, (bs,), 0, 10)
+      iters = max(3, min(200, 200_000 // (bs * 10)))
+      row = bench_case(f"mlp/{variant} batch {bs}", loss, mlp, (x, y), repeats=repeats, iters=iters)
+      print(row, flush=True)
+      rows.append(row)
+  tf = init_transformer(kp)
+  x = jax.random.normal(kx, (16, 64, 128))
+  target = jax.random.normal(ky, (16, 64, 128))
+  row = bench_case("transformer 4 blocks (16×64×128)", transformer_loss, tf, (x, target),
+                   repeats=repeats, iters=5)
+  print(row, flush=True)
+  rows.append(row)
+  headers = list(rows[0])
+  table = markdown_table(headers, [[r[h] for h in headers] for r in rows])
+  print("\n" + table)
+  if not args.no_write:
+    write_section("Engine: jitted training step, handgrad.grad vs jax.grad (bench/engine.py)",
+                  table + "\n\nTargets: time ratio ≤ 1.05, memory ratio ≤ 1.05, "
+                  "compile ratio ≤ 2.")
+
+
+if __name__ == "__main__":
+  main()
