@@ -11,11 +11,16 @@ from handgrad._src.check import check_grad
 from handgrad._src.check import check_vjp
 from handgrad._src.check import gradient_check
 from handgrad._src.check import numerical_gradient
-from handgrad._src.api import hessian
 from handgrad._src.api import value_and_grad
 from handgrad._src.api import vjp
 from handgrad._src.registry import RuleError
 from handgrad._src.registry import defvjp
+from handgrad._src.second_order import hessian
+from handgrad._src.second_order import hvp
+from handgrad._src.second_order import hvp_reverse
+from handgrad._src.second_order import print_saved_residuals
+from handgrad._src.second_order import saved_residuals
+from handgrad._src.second_order import top_hessian_eigenvalues
 from handgrad._src.registry import registry
 from handgrad import ops
 
@@ -23,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckReport", "RuleError", "check_grad", "check_vjp", "defvjp", "grad",
-    "gradient_check", "hessian", "numerical_gradient", "ops", "registry",
+    "gradient_check", "hessian", "hvp", "hvp_reverse", "numerical_gradient", "ops",
+    "print_saved_residuals", "registry", "saved_residuals", "top_hessian_eigenvalues",
     "value_and_grad", "vjp",
 ]

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax._src import source_info_util
 
 from handgrad._src import engine
 
@@ -63,7 +64,10 @@ class Traced:
     return jax.tree.unflatten(self.aux_tree, self.aux_flat)
 
   def raw_vjp(self, cts_flat: Sequence[Any]) -> list:
-    return engine.backward(self.frame, [*cts_flat, *([None] * self.n_aux)])
+    # Backward equations carry "transpose" in their name stack, as JAX's own do, so
+    # profiles and the saved-residuals report can tell them from the forward pass.
+    with source_info_util.transform_name_stack("transpose"):
+      return engine.backward(self.frame, [*cts_flat, *([None] * self.n_aux)])
 
   def vjp(self, cts: PyTree) -> tuple:
     cts_flat, tree = jax.tree.flatten(cts)
@@ -172,7 +176,3 @@ def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False)
 
   return grad_fun
 
-
-def hessian(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
-  """Forward over hand reverse: ``jax.jacfwd(handgrad.grad(fun))``, like ``jax.hessian``."""
-  return jax.jacfwd(grad(fun, argnums, has_aux), argnums, has_aux=has_aux)
