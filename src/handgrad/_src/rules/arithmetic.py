@@ -8,6 +8,7 @@ derivative; comparisons carry no gradient.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from jax import lax
 
 from handgrad._src.registry import defvjp
@@ -136,7 +137,8 @@ def _clamp_vjp(g, ans, lo, x, hi):
 # z = convert(x):  dx = convert(g) back to x's dtype; integer and boolean inputs get none.
 @defvjp("convert_element_type")
 def _convert_vjp(g, ans, x, **params):
-  if lax.dtype(x).kind not in "fc":
+  # Not dtype.kind: bfloat16 and the float8 types are numpy "V" (void) kinds.
+  if not jnp.issubdtype(lax.dtype(x), jnp.inexact):
     return (None,)
   return (lax.convert_element_type(g, lax.dtype(x)),)
 
