@@ -83,14 +83,33 @@ class RematRecord:
 class Observer:
   """Called for every differentiated equation in backward order.
 
-  ``on_eqn(eqn, layer_name, cts_out, cts_in, invars, outvars)``; ``layer_name`` is the
-  layer-level op's name (``"dense"``) or ``None`` for a primitive.  The observer may
-  only read values (they are traced arrays under ``jit``).
+  ``on_eqn(eqn, layer_name, cts_out, cts_in)``: ``layer_name`` is the layer-level op's
+  name (``"dense"``) or ``None`` for a primitive or a nested jaxpr; ``cts_out`` holds
+  the total cotangent of each of ``eqn.outvars`` and ``cts_in`` this equation's
+  contribution to each of ``eqn.invars`` (``None`` = no blame).  A nested equation is
+  reported after the equations inside it.  :func:`current_path` tells where the
+  equation sits.  The observer may only read values (they are traced arrays under
+  ``jit``).
   """
   on_eqn: Callable[..., None]
 
 
 _OBSERVERS: list[Observer] = []
+
+
+# Indices of the equations being differentiated, outermost jaxpr first.
+_PATH: list[int] = []
+
+
+def current_path() -> tuple[int, ...]:
+  """Where the equation being differentiated sits, for observers.
+
+  ``(i,)`` is equation ``i`` of the jaxpr that ``backward`` was called on;
+  ``(i, j)`` is equation ``j`` of the jaxpr nested in equation ``i`` (a ``jit``,
+  ``checkpoint``, ``cond`` branch or the JVP of a ``custom_jvp`` function), and so on.
+  The path is relative to the outermost ``backward`` call running.
+  """
+  return tuple(_PATH)
 
 
 class observe:
@@ -197,7 +216,11 @@ def backward(frame: Frame, cts_out: Sequence[Any]) -> list:
     cts = [None if isinstance(v, jex.DropVar) else ct_env.pop(v, None) for v in eqn.outvars]
     if all(ct is None for ct in cts):
       continue
-    cts_in = _apply(frame, i, eqn, cts, in_active)
+    _PATH.append(i)
+    try:
+      cts_in = _apply(frame, i, eqn, cts, in_active)
+    finally:
+      _PATH.pop()
     for v, ct, a in zip(eqn.invars, cts_in, in_active):
       if a:
         _accumulate(ct_env, v, ct)
@@ -373,10 +396,17 @@ def _remat_forward(eqn, invals, in_active, remat):
 def _remat_backward(eqn, child, args, cts, in_active):
   # Recompute the region from its inputs and the values its policy saved.  The
   # optimisation barrier stops XLA from merging the recomputation with the forward
-  # pass, which would keep every intermediate alive and undo the memory saving.
+  # pass, which would keep every intermediate alive and undo the memory saving (as
+  # jax.checkpoint does).  The incoming cotangents go through the same barrier, so the
+  # recomputation depends on the backward pass having reached this region: otherwise a
+  # region whose inputs are all parameters could be recomputed at the very start of
+  # the program and stay live throughout.  Note: XLA:CPU expands optimisation barriers
+  # before its CSE pass ("cse_barrier_expander"), which undoes rematerialisation for
+  # jax.grad and handgrad alike; bench/remat.py disables that pass on CPU.
   invals, record = child
   keep = [i for i, v in enumerate(eqn.invars) if not isinstance(v, jex.Literal)]
-  barriered, saved = lax.optimization_barrier(([invals[i] for i in keep], record.saved))
+  barriered, saved, cts = lax.optimization_barrier(
+      ([invals[i] for i in keep], record.saved, list(cts)))
   invals = list(invals)
   for i, x in zip(keep, barriered):
     invals[i] = x
