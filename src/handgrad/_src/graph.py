@@ -1,0 +1,285 @@
+"""Computation-graph pictures (the seed's ``make_dot``), from the traced program.
+
+``make_graph(fun, *args)`` traces ``fun`` to a jaxpr and draws it at layer level: every
+layer-level operation (``hg.dense``, ``hg.softmax_cross_entropy``, ...) and every
+``jax.named_scope`` is one node, parameters are coloured leaves named by their path
+(``layers/0/W``), and edges carry the shapes that flow along them.  With
+``backward=True`` the hand engine also runs the backward pass and each edge is labelled
+and coloured by the norm of the cotangent flowing back along it, so the picture shows
+where the gradient vanishes (blue) or explodes (red).
+
+``ComputationGraph.save("graph")`` writes ``graph.dot`` and, when Graphviz's ``dot`` is
+installed, renders ``graph.png`` (or ``.svg``); otherwise it says how to render it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import pathlib
+import shutil
+import subprocess
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jex
+
+from handgrad._src import api
+from handgrad._src import engine
+from handgrad._src import layer_ops
+
+VANISHING = 1e-7
+EXPLODING = 100.0
+
+
+@dataclasses.dataclass
+class Node:
+  id: str
+  label: str
+  kind: str  # "param", "input", "op", "output"
+  members: list[str] = dataclasses.field(default_factory=list)  # primitives inside
+
+
+@dataclasses.dataclass
+class Edge:
+  src: str
+  dst: str
+  shape: str  # "f32[784,256]"
+  cotangent_norm: float | None = None
+
+
+@dataclasses.dataclass
+class ComputationGraph:
+  nodes: list[Node]
+  edges: list[Edge]
+
+  def node(self, label_prefix: str) -> Node:
+    for n in self.nodes:
+      if n.label.split("\n")[0] == label_prefix:
+        return n
+    raise KeyError(label_prefix)
+
+  def to_dot(self, *, show_members: bool = False) -> str:
+    lines = ["digraph handgrad {", '  rankdir=TB;',
+             '  node [fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=9];']
+    styles = {
+        "param": 'shape=ellipse, style=filled, fillcolor="#a6d8f0"',
+        "input": 'shape=ellipse, style=filled, fillcolor="#e8e8e8"',
+        "op": 'shape=box, style="rounded,filled", fillcolor="#fff2cc"',
+        "output": 'shape=doubleoctagon, style=filled, fillcolor="#d9ead3"',
+    }
+    for n in self.nodes:
+      label = n.label
+      if show_members and n.members:
+        label += "\n(" + ", ".join(n.members) + ")"
+      lines.append(f'  {n.id} [label="{_escape(label)}", {styles[n.kind]}];')
+    for e in self.edges:
+      label = e.shape
+      attrs = ""
+      if e.cotangent_norm is not None:
+        label += f"\n‖∂L‖={e.cotangent_norm:.2e}"
+        attrs = f', color="{norm_colour(e.cotangent_norm)}", penwidth={_pen(e.cotangent_norm)}'
+      lines.append(f'  {e.src} -> {e.dst} [label="{_escape(label)}"{attrs}];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+  def save(self, path: str | pathlib.Path, *, format: str = "png",
+           show_members: bool = False) -> list[pathlib.Path]:
+    """Writes ``path.dot`` and renders ``path.<format>`` when ``dot`` is installed.
+
+    Returns the files written.  Without Graphviz, prints how to render the DOT file.
+    """
+    base = pathlib.Path(path)
+    base = base.with_suffix("") if base.suffix in (".dot", ".png", ".svg", ".pdf") else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    dot_path = base.with_suffix(".dot")
+    dot_path.write_text(self.to_dot(show_members=show_members))
+    written = [dot_path]
+    exe = shutil.which("dot")
+    if exe is None:
+      print(f"wrote {dot_path}; Graphviz's `dot` is not installed, so no picture was "
+            f"rendered. Install Graphviz (e.g. `apt-get install graphviz`) and run: "
+            f"dot -T{format} {dot_path} -o {base.with_suffix('.' + format)}")
+      return written
+    out = base.with_suffix("." + format)
+    subprocess.run([exe, f"-T{format}", str(dot_path), "-o", str(out)], check=True,
+                   capture_output=True)
+    written.append(out)
+    return written
+
+
+def _escape(s: str) -> str:
+  return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def norm_colour(norm: float) -> str:
+  """Blue for vanishing (< 1e-7), red for exploding (> 100), grey-to-black between."""
+  if not math.isfinite(norm) or norm > EXPLODING:
+    return "#d62728"
+  if norm < VANISHING:
+    return "#1f77b4"
+  return "#404040"
+
+
+def _pen(norm: float) -> str:
+  if not math.isfinite(norm) or norm <= 0:
+    return "1.0"
+  return f"{min(4.0, max(0.6, 1.0 + 0.3 * math.log10(norm))):.2f}"
+
+
+def _shape_str(aval) -> str:
+  return f"{aval.dtype.name.replace('float', 'f').replace('int', 'i')}[{','.join(map(str, aval.shape))}]"
+
+
+def _scope(eqn) -> str:
+  """The eqn's named-scope path ("layers/0"), without transforms such as jvp(...)."""
+  stack = getattr(eqn.source_info.name_stack, "stack", ())
+  names = [s.name for s in stack if type(s).__name__ == "Scope"]
+  return "/".join(names)
+
+
+def _op_name(eqn) -> str:
+  if eqn.primitive.name == "jit":
+    inst = layer_ops.lookup_instance(eqn.params["name"])
+    return inst[0] if inst is not None else eqn.params["name"]
+  if eqn.primitive.name in ("custom_jvp_call", "custom_vjp_call"):
+    closed = eqn.params.get("call_jaxpr")
+    name = getattr(getattr(getattr(closed, "jaxpr", None), "debug_info", None), "func_name", None)
+    return name or eqn.primitive.name
+  return eqn.primitive.name
+
+
+def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool = True,
+               arg_names: Sequence[str] | None = None) -> ComputationGraph:
+  """The layer-level computation graph of ``fun(*args)``.
+
+  ``args[0]`` is taken to be the parameters (coloured leaves named by path); the other
+  arguments are inputs.  ``collapse=True`` makes every named scope and layer-level op
+  one node (the primitives inside are listed in ``Node.members``); ``collapse=False``
+  gives one node per top-level equation.  ``backward=True`` (scalar ``fun`` only) adds
+  each edge's cotangent norm from the hand backward pass.
+  """
+  leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(args)
+  try:
+    fun_args = list(inspect.signature(fun).parameters)
+  except (TypeError, ValueError):
+    fun_args = []
+  names = list(arg_names) if arg_names is not None else [
+      _path_name(p, fun_args) for p, _ in leaves_with_paths]
+  n_params = len(jax.tree.leaves(args[0])) if args else 0
+  closed = jax.make_jaxpr(fun)(*args)
+  jaxpr = closed.jaxpr
+
+  nodes: list[Node] = []
+  producer: dict = {}  # Var -> node id
+  for k, v in enumerate(jaxpr.invars):
+    nid = f"in{k}"
+    kind = "param" if k < n_params else "input"
+    nodes.append(Node(nid, f"{names[k]}\n{_shape_str(v.aval)}", kind))
+    producer[v] = nid
+
+  # Group top-level equations: one node per layer-level op, and per run of equations
+  # that share a named scope (when collapsing).
+  group_of_eqn: list[str] = []
+  scoped_ids: set[str] = set()
+  current_key, current_id = None, None
+  for i, eqn in enumerate(jaxpr.eqns):
+    scope = _scope(eqn)
+    is_layer = eqn.primitive.name == "jit" and layer_ops.lookup_instance(eqn.params["name"])
+    if collapse and scope:
+      key = ("scope", scope)
+    elif is_layer or not collapse:
+      key = ("eqn", i)
+    else:
+      key = ("prim", i)
+    if key != current_key or not collapse:
+      current_key, current_id = key, f"op{i}"
+      scoped = collapse and bool(scope)
+      label = scope if scoped else (f"{scope}\n" if scope else "") + _op_name(eqn)
+      nodes.append(Node(current_id, label, "op"))
+      if scoped:
+        scoped_ids.add(current_id)
+    group_of_eqn.append(current_id)
+    node = nodes[-1]
+    node.members.append(_op_name(eqn))
+    for v in eqn.outvars:
+      producer[v] = current_id
+  # Label a collapsed scope by the layer ops it holds, e.g. "layers/0\ndense, relu".
+  for node in nodes:
+    if node.id in scoped_ids:
+      ops = [m for m in dict.fromkeys(node.members) if m in _layer_names()]
+      node.label += "\n" + ", ".join(ops or list(dict.fromkeys(node.members))[:3])
+
+  out_ids = []
+  for k, v in enumerate(jaxpr.outvars):
+    nid = f"out{k}"
+    nodes.append(Node(nid, f"output {k}\n{_shape_str(v.aval)}", "output"))
+    out_ids.append(nid)
+
+  edges: list[Edge] = []
+  edge_index: dict = {}  # (src id, dst id, Var) -> edge index
+  uses: dict[int, list[tuple[int, int]]] = {}  # edge index -> [(eqn index, input index)]
+  for i, (eqn, gid) in enumerate(zip(jaxpr.eqns, group_of_eqn)):
+    for k, v in enumerate(eqn.invars):
+      if isinstance(v, jex.Literal) or v not in producer or producer[v] == gid:
+        continue
+      key = (producer[v], gid, v)
+      if key not in edge_index:
+        edge_index[key] = len(edges)
+        edges.append(Edge(producer[v], gid, _shape_str(v.aval)))
+      uses.setdefault(edge_index[key], []).append((i, k))
+  for v, nid in zip(jaxpr.outvars, out_ids):
+    if not isinstance(v, jex.Literal) and v in producer:
+      edges.append(Edge(producer[v], nid, _shape_str(v.aval), 1.0 if backward else None))
+
+  if backward:
+    contributions = _cotangent_contributions(fun, args)
+    for idx, positions in uses.items():
+      parts = [contributions[pos] for pos in positions if pos in contributions]
+      if parts:
+        total = parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+        edges[idx].cotangent_norm = float(jnp.linalg.norm(jnp.ravel(total)))
+  return ComputationGraph(nodes, edges)
+
+
+def _layer_names() -> set[str]:
+  return {name for name, _ in layer_ops._INSTANCES.values()}
+
+
+def _path_name(path, fun_args: Sequence[str]) -> str:
+  """``layers/0/W`` for a parameter leaf; the argument's name (``x``) for an input."""
+  keys = [str(getattr(e, "key", getattr(e, "idx", getattr(e, "name", e)))) for e in path]
+  arg = int(keys[0])
+  if arg == 0 and len(keys) > 1:
+    return "/".join(keys[1:])
+  head = fun_args[arg] if arg < len(fun_args) else f"arg{arg}"
+  return "/".join([head, *keys[1:]])
+
+
+def _cotangent_contributions(fun: Callable, args: tuple) -> dict:
+  """Each top-level equation's cotangent contribution to each of its inputs.
+
+  Keyed by (equation index, input index) in the jaxpr of ``fun``: the blame the hand
+  engine sends back along that edge.  ``make_graph`` traces ``fun`` separately, so
+  positions, not variables, connect the two traces.
+  """
+  traced = api.Traced(fun, args, False)
+  if len(traced.out_flat) != 1 or np.shape(traced.out_flat[0]) != ():
+    raise TypeError("make_graph(backward=True) needs a scalar-output function")
+  eqn_index = {id(e): i for i, e in enumerate(traced.frame.jaxpr.eqns)}
+  contributions: dict[tuple[int, int], Any] = {}
+
+  def on_eqn(eqn, layer_name, cts_out, cts_in):
+    if len(engine.current_path()) != 1 or id(eqn) not in eqn_index:
+      return
+    for k, ct in enumerate(cts_in):
+      if ct is not None:
+        contributions[(eqn_index[id(eqn)], k)] = ct
+
+  with engine.observe(engine.Observer(on_eqn)):
+    traced.raw_vjp([jnp.ones((), traced.out_avals[0].dtype)])
+  return contributions
