@@ -23,11 +23,13 @@ from handgrad._src.second_order import saved_residuals
 from handgrad._src.second_order import top_hessian_eigenvalues
 from handgrad._src.registry import registry
 from handgrad import ops
+from handgrad import data
+from handgrad import nn
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckReport", "RuleError", "check_grad", "check_vjp", "defvjp", "grad",
+    "CheckReport", "data", "nn", "RuleError", "check_grad", "check_vjp", "defvjp", "grad",
     "gradient_check", "hessian", "hvp", "hvp_reverse", "numerical_gradient", "ops",
     "print_saved_residuals", "registry", "saved_residuals", "top_hessian_eigenvalues",
     "value_and_grad", "vjp",

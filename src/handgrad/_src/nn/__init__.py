@@ -1,0 +1,1 @@
+"""Pure-function layers over explicit parameter pytrees; public API in ``handgrad.nn``."""
