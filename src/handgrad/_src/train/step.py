@@ -1,0 +1,272 @@
+"""Jitted train and eval steps over an optax optimizer, with a choice of gradient backend.
+
+A *loss function* has the signature ::
+
+    loss_fn(params, batch, key) -> (loss, aux)
+
+``loss`` a float32 ``[]`` (the mean over the batch), ``aux`` a dict of float ``[]``
+metrics (``{"accuracy": ...}``, may be empty), ``key`` a typed PRNG key for dropout and
+the like.  :func:`make_train_step` differentiates it with
+
+* ``backend="hand"`` (the default): ``handgrad.value_and_grad``, the hand-written VJP
+  rules;
+* ``backend="jax"``: ``jax.value_and_grad``, JAX's own autodiff, the reference;
+
+and everything else (accumulation, clipping, the optimizer, freezing) is the same
+code, so the two backends can be compared step by step on the same run.  Nothing in
+a step depends on the device: the same step runs on CPU, GPU and TPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+import handgrad
+from handgrad._src.data.batching import batches as _batches
+from handgrad._src.train.state import Params, TrainState
+from handgrad._src.train.transforms import FrozenSpec, combine, frozen_mask, partition
+
+Array = jax.Array
+Batch = Any
+"""A pytree of arrays whose leaves share the leading batch axis, e.g.
+``handgrad.data.Batch(x [B, 784], y [B], mask [B])``."""
+LossFn = Callable[[Params, Batch, Array], tuple[Array, Mapping[str, Array]]]
+EvalFn = Callable[[Params, Batch], Mapping[str, Array]]
+Metrics = dict[str, Array]
+TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+
+BACKENDS = ("hand", "jax")
+
+
+def value_and_grad(fun: Callable, backend: str = "hand", *, has_aux: bool = True) -> Callable:
+  """``handgrad.value_and_grad`` (``"hand"``) or ``jax.value_and_grad`` (``"jax"``) of
+  ``fun`` with respect to its first argument."""
+  if backend == "hand":
+    return handgrad.value_and_grad(fun, has_aux=has_aux)
+  if backend == "jax":
+    return jax.value_and_grad(fun, has_aux=has_aux)
+  raise ValueError(f"unknown gradient backend {backend!r}; choose one of "
+                   f"{', '.join(BACKENDS)}")
+
+
+def global_norm(tree: Any) -> Array:
+  """``sqrt(Σ_leaves Σ x²)``, the norm ``optax.clip_by_global_norm`` compares against."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def _check_positive_int(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return int(value)
+
+
+def _split_micro(batch: Batch, k: int) -> Batch:
+  """Leaves ``[B, ...]`` -> ``[k, B/k, ...]``: micro-batch i is rows ``i·B/k … (i+1)·B/k``."""
+  sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(batch) if np.ndim(leaf)}
+  if len(sizes) != 1:
+    raise ValueError(f"the batch leaves must share their leading (batch) axis, got "
+                     f"sizes {sorted(sizes)}")
+  (b,) = sizes
+  if b % k:
+    raise ValueError(f"cannot split a batch of {b} into {k} equal micro-batches: "
+                     f"the batch size must be a multiple of accumulate={k}")
+  return jax.tree.map(lambda a: jnp.reshape(a, (k, b // k) + tuple(np.shape(a)[1:])), batch)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                    backend: str = "hand", accumulate: int = 1, frozen: FrozenSpec = None,
+                    has_aux: bool = True, donate: bool = True,
+                    jit: bool = True) -> TrainStep:
+  """Builds ``train_step(state, batch) -> (state, metrics)``, jitted and donating ``state``.
+
+  One call is one optimizer step:
+
+  1. the state's key is split; the loss gets a fresh key every step;
+  2. gradients of ``loss_fn`` with respect to the trainable params, by ``backend``;
+     with ``accumulate=k`` the batch ``[B, ...]`` is cut into k micro-batches of
+     ``B/k`` rows, their gradients, losses and aux metrics are summed in a
+     ``lax.scan`` and divided by k.  For a loss that is a mean over the batch this is
+     the big batch's gradient (up to float32 rounding) with the activation memory of a
+     micro-batch: the seed's ``loss / accumulation_steps; loss.backward()`` loop.
+     Micro-batch i gets ``fold_in(key, i)``, so with dropout the masks differ from a
+     big-batch step;
+  3. ``optimizer.update`` (put clipping in the optimizer, see ``make_optimizer``) and
+     ``optax.apply_updates``.
+
+  Frozen leaves (the seed's ``requires_grad=False``) are closed over as constants
+  wrapped in ``lax.stop_gradient``: no gradient is computed for them (their gradient is
+  reported as zeros to the optimizer) and they keep their exact bits.  Pass the same
+  ``frozen`` spec to ``make_optimizer`` (or wrap the optimizer with ``freeze``) so that the
+  optimizer keeps no state for them; the step is correct without it.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, key) -> (loss, aux)``, see the module docstring;
+      with ``has_aux=False`` it returns the loss only.
+    optimizer: an optax ``GradientTransformation``; the state's ``opt_state`` must come
+      from its ``init`` (``TrainState.create(params, optimizer, key=...)``).
+    backend: ``"hand"`` (``handgrad.value_and_grad``) or ``"jax"``.
+    accumulate: number of micro-batches k per step; the batch size must be a multiple.
+    frozen: a frozen spec (``None``, path prefixes, a ``path -> bool`` predicate or a
+      bool pytree), see ``handgrad.train.frozen_mask``.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+    donate: donate the input state's buffers to the output (``donate_argnums=0``); the
+      state passed in must not be used afterwards.
+    jit: return the ``jax.jit``-ed step (``False`` is for debugging).
+
+  Returns:
+    ``train_step(state, batch) -> (new_state, metrics)`` with ``metrics`` a dict of
+    float32 ``[]``: ``"loss"``, every aux metric, and ``"grad_norm"``, the global norm of
+    the (accumulated) gradient before clipping.
+  """
+  if backend not in BACKENDS:
+    raise ValueError(f"unknown gradient backend {backend!r}; choose one of "
+                     f"{', '.join(BACKENDS)}")
+  k = _check_positive_int("accumulate", accumulate)
+
+  def full_loss(params, batch, key):
+    out = loss_fn(params, batch, key)
+    if has_aux:
+      if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError("loss_fn must return (loss, aux_dict); pass has_aux=False for a "
+                        "loss_fn that returns the loss only")
+      return out[0], dict(out[1])
+    return out, {}
+
+  def grads_of(params, batch, key):
+    """``((loss, aux), grads)`` for one (micro-)batch; zeros for frozen leaves."""
+    if frozen is None:
+      return value_and_grad(full_loss, backend)(params, batch, key)
+    mask = frozen_mask(params, frozen)
+    trainable, fixed = partition(params, mask)
+    if not jax.tree.leaves(trainable):
+      raise ValueError("every parameter is frozen: there is nothing to train")
+
+    def partial_loss(trainable, fixed, batch, key):
+      # The seed's requires_grad=False / .detach(): the frozen leaves are constants.
+      return full_loss(combine(trainable, jax.tree.map(lax.stop_gradient, fixed)),
+                       batch, key)
+
+    out, g = value_and_grad(partial_loss, backend)(trainable, fixed, batch, key)
+    return out, combine(g, jax.tree.map(jnp.zeros_like, fixed))
+
+  def accumulated(params, batch, key):
+    micro = _split_micro(batch, k)
+    first = jax.tree.map(lambda a: a[0], micro)
+    (loss_s, aux_s), g_s = jax.eval_shape(grads_of, params, first, key)
+    zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
+    init = (jax.tree.map(zeros, loss_s), jax.tree.map(zeros, aux_s),
+            jax.tree.map(zeros, g_s))
+
+    def body(carry, xs):
+      i, mb = xs
+      (loss, aux), g = grads_of(params, mb, jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, carry, (loss, aux, g)), None
+
+    (loss, aux, g), _ = lax.scan(body, init, (jnp.arange(k), micro))
+    scale = lambda t: jax.tree.map(lambda a: a / k, t)  # noqa: E731
+    return (scale(loss), scale(aux)), scale(g)
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    rng, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+    if k == 1:
+      (loss, aux), grads = grads_of(state.params, batch, sub)
+    else:
+      (loss, aux), grads = accumulated(state.params, batch, sub)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if frozen is not None:
+      # Keep the frozen leaves' own buffers: exactly their bits (p + 0 would turn
+      # -0.0 into +0.0), whatever the optimizer did.
+      mask = frozen_mask(state.params, frozen)
+      params = jax.tree.map(lambda m, new, old: old if m else new, mask, params,
+                            state.params)
+    metrics = {"loss": loss, **aux, "grad_norm": global_norm(grads)}
+    metrics = {name: jnp.asarray(v, jnp.float32) for name, v in metrics.items()}
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           key=jax.random.key_data(rng))
+    return new_state, metrics
+
+  if not jit:
+    return train_step
+  return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(eval_fn: EvalFn, *, jit: bool = True) -> Callable[[Params, Batch], Metrics]:
+  """``eval_step(params, batch) -> sums``, jitted; no gradients, nothing donated.
+
+  ``eval_fn(params, batch)`` returns a dict of *sums* over the batch's real rows plus
+  ``"count"``, the number of real rows (``Σ mask``), so that :func:`evaluate` can
+  average over a dataset whose last batch is padded.  See
+  :func:`classification_eval`.
+  """
+  return jax.jit(eval_fn) if jit else eval_fn
+
+
+def evaluate(eval_step: Callable[[Params, Batch], Metrics], params: Params, dataset, *,
+             batch_size: int) -> dict[str, float]:
+  """Averages ``eval_step`` over ``dataset`` in its stored order.
+
+  Batches of ``batch_size`` rows, the last one padded (``remainder="pad"``, one shape,
+  one compilation); every sum is divided by the total ``"count"``.
+
+  Returns:
+    ``{name: Σ value / Σ count}`` for every metric, plus ``"count"`` (a float).
+  """
+  totals: dict[str, Any] = {}
+  for batch in _batches(dataset, batch_size, key=None, shuffle=False, remainder="pad"):
+    out = eval_step(params, batch)
+    for name, v in out.items():
+      totals[name] = totals[name] + v if name in totals else v
+  totals = {name: float(v) for name, v in jax.device_get(totals).items()}
+  count = totals.pop("count", None)
+  if not count:
+    raise ValueError("evaluate: the eval step returned no positive 'count' (is the "
+                     "dataset empty?)")
+  return {**{name: v / count for name, v in totals.items()}, "count": count}
+
+
+# --- classification ------------------------------------------------------------------
+
+def classification_loss(apply_fn: Callable[[Params, Array], Array]) -> LossFn:
+  """The seed's loss: mean softmax cross-entropy of ``apply_fn(params, batch.x)``.
+
+  Uses ``handgrad.ops.softmax_cross_entropy`` (one node with the fused backward
+  ``(softmax − onehot) / B``).  Returns ``loss_fn(params, batch, key) -> (loss,
+  {"accuracy": ...})``; ``batch`` has ``x [B, ...]`` and int ``y [B]``.  Training
+  batches must be full (``remainder="drop"``): ``batch.mask`` is not used.
+  """
+
+  def loss_fn(params, batch, key):
+    del key
+    logits = apply_fn(params, batch.x)
+    loss = handgrad.ops.softmax_cross_entropy(logits, batch.y)
+    accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == batch.y).astype(jnp.float32))
+    return loss, {"accuracy": accuracy}
+
+  return loss_fn
+
+
+def classification_eval(apply_fn: Callable[[Params, Array], Array]) -> EvalFn:
+  """``eval_fn(params, batch) -> {"loss": Σ mask·CE, "accuracy": Σ mask·correct,
+  "count": Σ mask}`` for :func:`make_eval_step` and :func:`evaluate`."""
+
+  def eval_fn(params, batch):
+    logits = apply_fn(params, batch.x)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, batch.y[..., None].astype(jnp.int32),
+                               axis=-1)[..., 0]
+    correct = (jnp.argmax(logits, axis=-1) == batch.y).astype(jnp.float32)
+    mask = batch.mask.astype(jnp.float32)
+    return {"loss": jnp.sum(mask * nll), "accuracy": jnp.sum(mask * correct),
+            "count": jnp.sum(mask)}
+
+  return eval_fn

@@ -1,0 +1,50 @@
+"""Jitted training with optax and a choice of gradient backend (hand rules or ``jax.grad``).
+
+::
+
+    import handgrad as hg
+    from handgrad import train
+
+    params = hg.nn.mlp.init([784, 256, 128, 10], key=jax.random.key(0))
+    tx = train.make_optimizer("adam", 1e-3, clip_norm=1.0)
+    state = train.TrainState.create(params, tx, key=1)
+    step = train.make_train_step(train.classification_loss(hg.nn.mlp.apply), tx,
+                                 backend="hand", accumulate=2)
+    state, metrics = step(state, batch)          # jitted, donates `state`
+
+``fit`` runs epochs with a progress bar, ``metrics.jsonl``, a PNG of the curves and
+orbax checkpoints, and resumes bitwise.
+"""
+
+from handgrad._src.train.checkpoint import Checkpointer
+from handgrad._src.train.checkpoint import quiet_orbax
+from handgrad._src.train.labels import check_labels
+from handgrad._src.train.loop import FitResult
+from handgrad._src.train.loop import fit
+from handgrad._src.train.loop import plot_curves
+from handgrad._src.train.loop import read_metrics
+from handgrad._src.train.state import TrainState
+from handgrad._src.train.state import create_train_state
+from handgrad._src.train.step import BACKENDS
+from handgrad._src.train.step import classification_eval
+from handgrad._src.train.step import classification_loss
+from handgrad._src.train.step import evaluate
+from handgrad._src.train.step import make_eval_step
+from handgrad._src.train.step import make_train_step
+from handgrad._src.train.step import value_and_grad
+from handgrad._src.train.transforms import OPTIMIZERS
+from handgrad._src.train.transforms import clipping
+from handgrad._src.train.transforms import combine
+from handgrad._src.train.transforms import freeze
+from handgrad._src.train.transforms import frozen_mask
+from handgrad._src.train.transforms import frozen_paths
+from handgrad._src.train.transforms import make_optimizer
+from handgrad._src.train.transforms import partition
+
+__all__ = [
+    "BACKENDS", "Checkpointer", "FitResult", "OPTIMIZERS", "TrainState", "check_labels",
+    "classification_eval", "classification_loss", "clipping", "combine",
+    "create_train_state", "evaluate", "fit", "freeze", "frozen_mask", "frozen_paths",
+    "make_eval_step", "make_optimizer", "make_train_step", "partition", "plot_curves",
+    "quiet_orbax", "read_metrics", "value_and_grad",
+]
