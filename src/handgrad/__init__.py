@@ -25,11 +25,13 @@ from handgrad._src.registry import registry
 from handgrad import ops
 from handgrad import data
 from handgrad import nn
+from handgrad import inspect
+from handgrad import train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckReport", "data", "nn", "RuleError", "check_grad", "check_vjp", "defvjp", "grad",
+    "CheckReport", "data", "inspect", "nn", "train", "RuleError", "check_grad", "check_vjp", "defvjp", "grad",
     "gradient_check", "hessian", "hvp", "hvp_reverse", "numerical_gradient", "ops",
     "print_saved_residuals", "registry", "saved_residuals", "top_hessian_eigenvalues",
     "value_and_grad", "vjp",

@@ -1,0 +1,1 @@
+"""Gradient diagnostics that run inside ``jax.jit``: see :mod:`handgrad.inspect`."""

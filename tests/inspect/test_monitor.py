@@ -1,0 +1,175 @@
+"""gradient_stats against numpy on jax.grad gradients; health rules; history; the plot."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import handgrad as hg
+from handgrad import inspect as hgi
+from handgrad.inspect import GradStats
+
+
+def _setup():
+  k = jax.random.split(jax.random.key(0), 3)
+  params = {"layers": [{"W": jax.random.normal(k[0], (5, 7)), "b": jnp.zeros(7)},
+                       {"W": jax.random.normal(k[1], (7, 3)), "b": jnp.zeros(3)}],
+            "scale": jnp.ones(())}
+  x = jax.random.normal(k[2], (9, 5))
+  y = jnp.arange(9) % 3
+
+  def loss(p, x, y):
+    with jax.named_scope("layers/0"):
+      h = hg.ops.relu(hg.ops.dense(x, p["layers"][0]["W"], p["layers"][0]["b"]))
+    with jax.named_scope("layers/1"):
+      logits = hg.ops.dense(h, p["layers"][1]["W"], p["layers"][1]["b"]) * p["scale"]
+    return hg.ops.softmax_cross_entropy(logits, y)
+
+  return params, x, y, loss
+
+
+def _numpy_stats(g):
+  g = np.asarray(g, np.float64).ravel()
+  std = np.std(g, ddof=1) if g.size > 1 else np.nan
+  return (g.mean(), std, np.abs(g).max(), np.sqrt(np.sum(g ** 2)), np.isfinite(g).mean())
+
+
+def test_stats_inside_jit_match_numpy_on_jax_grad():
+  params, x, y, loss = _setup()
+
+  @jax.jit
+  def step(p, x, y):
+    return hgi.gradient_stats(hg.grad(loss)(p, x, y))
+
+  stats = step(params, x, y)
+  ref = jax.grad(loss)(params, x, y)
+  assert list(stats) == ["layers/0/W", "layers/0/b", "layers/1/W", "layers/1/b", "scale"]
+  ref_named = {"layers/0/W": ref["layers"][0]["W"], "layers/0/b": ref["layers"][0]["b"],
+               "layers/1/W": ref["layers"][1]["W"], "layers/1/b": ref["layers"][1]["b"],
+               "scale": ref["scale"]}
+  for name, s in stats.items():
+    assert isinstance(s, GradStats)
+    want = _numpy_stats(ref_named[name])
+    for field, got, w in zip(GradStats._fields, s, want):
+      if np.isnan(w):
+        assert np.isnan(got), (name, field)
+      else:
+        np.testing.assert_allclose(got, w, rtol=2e-5, atol=1e-7, err_msg=f"{name}.{field}")
+
+
+def test_std_is_unbiased_like_torch():
+  g = jnp.array([1.0, 2.0, 4.0, 7.0])
+  s = hgi.gradient_stats({"g": g})["g"]
+  np.testing.assert_allclose(s.std, np.std(np.asarray(g), ddof=1), rtol=1e-6)
+  assert not np.isclose(float(s.std), np.std(np.asarray(g)))
+  # One element: 0/0 = NaN, as torch.tensor([3.]).std() and np.std(ddof=1).
+  assert np.isnan(float(hgi.gradient_stats({"g": jnp.array([3.0])})["g"].std))
+
+
+def test_nonfinite_and_low_precision_and_non_float_leaves():
+  grads = {"a": jnp.array([1.0, jnp.nan, 2.0, jnp.inf]),
+           "h": jnp.full((64, 64), 300.0, jnp.float16),  # Σg² overflows in float16
+           "i": jnp.arange(3)}
+  stats = jax.jit(hgi.gradient_stats)(grads)
+  assert set(stats) == {"a", "h"}  # integer leaves carry no gradient
+  np.testing.assert_allclose(stats["a"].finite_fraction, 0.5)
+  assert np.isnan(float(stats["a"].mean)) and np.isnan(float(stats["a"].norm))
+  assert stats["h"].norm.dtype == jnp.float32
+  np.testing.assert_allclose(stats["h"].norm, 300.0 * 64, rtol=1e-6)
+
+
+def _stats(**norms_and_max):
+  out = {}
+  for name, (norm, max_abs) in norms_and_max.items():
+    out[name] = GradStats(jnp.float32(0), jnp.float32(0), jnp.float32(max_abs),
+                          jnp.float32(norm), jnp.float32(1))
+  return out
+
+
+def test_check_health_seed_rules_and_messages():
+  stats = _stats(ok=(1.0, 0.5), small=(1e-8, 1e-9), big=(500.0, 20.0), spiky=(5.0, 12.0))
+  stats["nan"] = GradStats(*(jnp.float32(v) for v in (np.nan, np.nan, np.nan, np.nan, 0.75)))
+  issues = hgi.check_health(stats)
+  # Parameters in path order (a jitted step hands dicts back sorted by key anyway).
+  assert issues == [
+      "[EXPLODING] big: norm=5.00e+02",
+      "[LARGE] big: max=2.00e+01",
+      "[NONFINITE] nan: finite=0.75",
+      "[VANISHING] small: norm=1.00e-08",
+      "[LARGE] spiky: max=1.20e+01",
+  ]
+  assert hgi.check_health(_stats(a=(1.0, 0.5))) == ["All gradients healthy"]
+  # Thresholds are configurable.
+  assert hgi.check_health(_stats(a=(1.0, 0.5)), vanishing=2.0) == [
+      "[VANISHING] a: norm=1.00e+00"]
+  assert hgi.check_health(_stats(a=(1.0, 0.5)), exploding=0.5, large=0.1) == [
+      "[EXPLODING] a: norm=1.00e+00", "[LARGE] a: max=5.00e-01"]
+
+
+def test_monitor_history_from_a_jitted_step():
+  params, x, y, loss = _setup()
+
+  @jax.jit
+  def step(p, x, y):
+    g = hg.grad(loss)(p, x, y)
+    p = jax.tree.map(lambda a, b: a - 0.1 * b, p, g)
+    return p, hgi.gradient_stats(g)
+
+  monitor = hgi.GradientMonitor(max_history=2)
+  assert monitor.check_health() == ["No history"]
+  norms = []
+  for _ in range(3):
+    g = jax.grad(loss)(params, x, y)
+    norms.append(float(jnp.linalg.norm(g["layers"][0]["W"])))
+    params, stats = step(params, x, y)
+    host = monitor.log(stats)
+    assert isinstance(host["scale"].norm, float)
+  assert len(monitor.history) == 2 and monitor.steps == [1, 2]
+  np.testing.assert_allclose(monitor.series("layers/0/W"), norms[1:], rtol=1e-5)
+  assert monitor.check_health() == hgi.check_health(monitor.latest)
+  # log_gradients (the seed's name) computes the statistics itself.
+  g = jax.grad(loss)(params, x, y)
+  logged = monitor.log_gradients(g, step=10)
+  np.testing.assert_allclose(logged["scale"].norm, abs(float(g["scale"])), rtol=1e-6)
+  assert monitor.steps[-1] == 10
+  with pytest.raises(ValueError, match="unknown statistic"):
+    monitor.series("scale", "median")
+
+
+def test_host_order_is_parameter_order():
+  grads = {"layers": [jnp.ones(2) * i for i in range(12)]}
+  stats = jax.jit(hgi.gradient_stats)(grads)
+  assert list(stats)[:3] == ["layers/0", "layers/1", "layers/10"]  # jit sorts keys
+  names = [n for n, _ in hgi.bar_colours(stats)]
+  assert names == [f"layers/{i}" for i in range(12)]
+
+
+def test_bar_colours_pick_the_problem_layers():
+  stats = _stats(**{"layers/0/W": (1e-9, 1e-10), "layers/0/b": (0.5, 0.1),
+                    "layers/1/W": (250.0, 3.0), "layers/1/b": (2.0, 11.0)})
+  stats["layers/2/W"] = stats["layers/0/b"]._replace(finite_fraction=jnp.float32(0.5))
+  colours = dict(hgi.bar_colours(stats))
+  assert colours == {"layers/0/W": "tab:purple", "layers/0/b": "tab:blue",
+                     "layers/1/W": "tab:red", "layers/1/b": "tab:orange",
+                     "layers/2/W": "black"}
+  assert [n for n, _ in hgi.bar_colours(stats, layer_filter="layers/1")] == [
+      "layers/1/W", "layers/1/b"]
+  # Thresholds move the colours.
+  assert dict(hgi.bar_colours(stats, exploding=1000.0))["layers/1/W"] == "tab:blue"
+
+
+def test_plot_gradient_flow_writes_a_png(tmp_path):
+  stats = _stats(**{"layers/0/W": (0.0, 0.0), "layers/0/b": (0.5, 0.1),
+                    "layers/1/W": (250.0, 3.0)})
+  stats["layers/1/b"] = GradStats(*(jnp.float32(v) for v in (np.nan,) * 4 + (0.0,)))
+  path = hgi.plot_gradient_flow(stats, tmp_path / "flow.png")
+  assert path == str(tmp_path / "flow.png")
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  monitor = hgi.GradientMonitor()
+  monitor.log(stats)
+  other = monitor.plot_gradient_flow(str(tmp_path / "m.png"), layer_filter="layers/0")
+  with open(other, "rb") as f:
+    assert f.read(4) == b"\x89PNG"
+  with pytest.raises(ValueError, match="no parameter to plot"):
+    hgi.plot_gradient_flow(stats, tmp_path / "x.png", layer_filter="nothing")
