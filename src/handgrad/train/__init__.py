@@ -13,9 +13,21 @@
     state, metrics = step(state, batch)          # jitted, donates `state`
 
 ``fit`` runs epochs with a progress bar, ``metrics.jsonl``, a PNG of the curves and
-orbax checkpoints, and resumes bitwise.
+orbax checkpoints, and resumes bitwise.  Mixed precision: ``classification_loss(apply,
+precision="bf16")``; for float16 also ``loss_scale=DynamicLossScale()`` in
+``TrainState.create`` and ``make_train_step``.
 """
 
+from handgrad._src.inspect.clipping import clip_grad_norm
+from handgrad._src.inspect.clipping import clip_grad_value
+from handgrad._src.inspect.safe_optimizer import SafeOptimizerState
+from handgrad._src.inspect.safe_optimizer import safe_optimizer
+from handgrad._src.mixed_precision import DynamicLossScale
+from handgrad._src.mixed_precision import LossScaleState
+from handgrad._src.mixed_precision import Policy
+from handgrad._src.mixed_precision import all_finite
+from handgrad._src.mixed_precision import get_policy
+from handgrad._src.mixed_precision import guarded_update
 from handgrad._src.train.checkpoint import Checkpointer
 from handgrad._src.train.checkpoint import quiet_orbax
 from handgrad._src.train.labels import check_labels
@@ -42,7 +54,10 @@ from handgrad._src.train.transforms import make_optimizer
 from handgrad._src.train.transforms import partition
 
 __all__ = [
-    "BACKENDS", "Checkpointer", "FitResult", "OPTIMIZERS", "TrainState", "check_labels",
+    "BACKENDS", "Checkpointer", "DynamicLossScale", "FitResult", "LossScaleState",
+    "OPTIMIZERS", "Policy", "SafeOptimizerState", "TrainState", "all_finite",
+    "check_labels", "clip_grad_norm", "clip_grad_value", "get_policy", "guarded_update",
+    "safe_optimizer",
     "classification_eval", "classification_loss", "clipping", "combine",
     "create_train_state", "evaluate", "fit", "freeze", "frozen_mask", "frozen_paths",
     "make_eval_step", "make_optimizer", "make_train_step", "partition", "plot_curves",

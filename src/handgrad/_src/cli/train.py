@@ -96,6 +96,12 @@ def add_parser(sub) -> None:
                  help="freeze the parameters under PREFIX, e.g. layers/0 (repeatable)")
   g.add_argument("--seed", type=int, default=0, help="seed for init and data order "
                                                      "(default: 0)")
+  g.add_argument("--precision", choices=["float32", "bf16", "fp16"], default="float32",
+                 help="compute dtype (parameters and logits stay float32); fp16 adds "
+                      "dynamic loss scaling")
+  g.add_argument("--remat", action="store_true",
+                 help="recompute each transformer block's attention and feed-forward in "
+                      "the backward pass (jax.checkpoint; --model transformer)")
   g = p.add_argument_group("output")
   g.add_argument("--out", metavar="DIR", default=None,
                  help="output directory (default: runs/mnist_<model>)")
@@ -104,6 +110,9 @@ def add_parser(sub) -> None:
   g.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
                  help="also checkpoint every STEPS steps (default: after each epoch)")
   g.add_argument("--no-progress", action="store_true", help="no progress bar")
+  g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
+                 help="record per-parameter gradient statistics every N steps; writes "
+                      "grad_stats.jsonl and gradient_flow.png and prints a health check")
   p.set_defaults(run=run)
 
 
@@ -115,16 +124,18 @@ class _Model:
   description: str
 
 
-def _model(name: str) -> _Model:
+def _model(name: str, remat: bool = False) -> _Model:
   from handgrad import nn
 
   if name == "mlp":
     return _Model(name, lambda key: nn.mlp.init(list(MLP_DIMS), key=key), nn.mlp.apply,
                   f"MLP {list(MLP_DIMS)} (ReLU)")
   init = functools.partial(nn.transformer_classifier.init, num_heads=TRANSFORMER_HEADS)
-  apply = functools.partial(nn.transformer_classifier.apply, num_heads=TRANSFORMER_HEADS)
+  apply = functools.partial(nn.transformer_classifier.apply, num_heads=TRANSFORMER_HEADS,
+                            remat=remat)
   return _Model(name, lambda key: init(key=key), apply,
-                f"transformer classifier ({TRANSFORMER_HEADS} heads)")
+                f"transformer classifier ({TRANSFORMER_HEADS} heads"
+                + (", checkpointed blocks)" if remat else ")"))
 
 
 def _config(args, data_name: str, n_train: int) -> dict:
@@ -133,7 +144,8 @@ def _config(args, data_name: str, n_train: int) -> dict:
           "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
           "backend": args.backend, "clip_norm": args.clip_norm,
           "clip_value": args.clip_value, "accumulate": args.accumulate,
-          "freeze": sorted(args.freeze) if args.freeze else None, "seed": args.seed}
+          "freeze": sorted(args.freeze) if args.freeze else None, "seed": args.seed,
+          "precision": args.precision, "remat": args.remat}
 
 
 def _validate(args, n_train: int) -> None:
@@ -142,6 +154,9 @@ def _validate(args, n_train: int) -> None:
   if args.batch_size % args.accumulate:
     raise CommandError(f"--batch-size {args.batch_size} is not a multiple of "
                        f"--accumulate {args.accumulate}")
+  if args.remat and args.model != "transformer":
+    raise CommandError("--remat checkpoints transformer blocks: use it with "
+                       "--model transformer")
   if args.batch_size > n_train:
     raise CommandError(f"--batch-size {args.batch_size} is larger than the training set "
                        f"({n_train} digits)")
@@ -183,6 +198,8 @@ def _summary(result, args, model: _Model, data_desc: str, epochs: int, out: path
       ("test loss", _fmt(final.get("test_loss"), ".4f")),
       ("test accuracy", _fmt(final.get("test_accuracy"), ".4f")),
       ("wall time", f"{wall:.1f} s (this session, compilation and data loading included)"),
+      ("precision", args.precision + (" (dynamic loss scaling)" if args.precision == "fp16"
+                                      else "")),
       ("output", f"{out}/ (metrics.jsonl, curves.png, checkpoints/)"),
   ]
   width = max(len(k) for k, _ in pairs)
@@ -213,27 +230,40 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
   out = pathlib.Path(args.out if args.out is not None else f"runs/mnist_{args.model}")
 
-  model = _model(args.model)
+  model = _model(args.model, remat=args.remat)
   frozen = list(args.freeze) if args.freeze else None
   if frozen is not None:  # an unknown prefix fails here, naming the parameters
     train.frozen_mask(jax.eval_shape(model.init, jax.random.key(0)), frozen)
   tx = train.make_optimizer(args.optimizer, args.lr, clip_norm=args.clip_norm,
                             clip_value=args.clip_value, frozen=frozen)
 
+  loss_scale = train.DynamicLossScale() if args.precision == "fp16" else None
+
   @jax.jit
   def initial(seed):
     # One compiled program for the whole initialisation (eager random ops would
     # compile one small program each).
     init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
-    state = train.TrainState.create(model.init(init_key), tx, key=step_key)
+    state = train.TrainState.create(model.init(init_key), tx, key=step_key,
+                                    loss_scale=loss_scale)
     return state, jax.random.key_data(data_key)
 
   state, data_key = initial(args.seed)
   data_key = jax.random.wrap_key_data(data_key)
-  step = train.make_train_step(train.classification_loss(model.apply), tx,
-                               backend=args.backend, accumulate=args.accumulate,
-                               frozen=frozen)
-  eval_step = train.make_eval_step(train.classification_eval(model.apply))
+  step = train.make_train_step(
+      train.classification_loss(model.apply, precision=args.precision), tx,
+      backend=args.backend, accumulate=args.accumulate, frozen=frozen,
+      loss_scale=loss_scale, monitor=args.monitor is not None)
+  eval_step = train.make_eval_step(
+      train.classification_eval(model.apply, precision=args.precision))
+  monitor = on_step = None
+  if args.monitor is not None:
+    from handgrad import inspect as hg_inspect
+    monitor = hg_inspect.GradientMonitor()
+
+    def on_step(step_number, metrics):
+      if step_number % args.monitor == 0:
+        monitor.log(jax.device_get(metrics["grad_stats"]), step=step_number)
   config = _config(args, train_ds.name, len(train_ds))
 
   data_desc = (f"{train_ds.name} ({len(train_ds)} train / {len(test_ds)} test digits)")
@@ -243,8 +273,25 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
       step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
       out_dir=out, resume=args.resume, checkpoint_every=args.checkpoint_every,
-      config=config, progress=not args.no_progress,
+      config=config, progress=not args.no_progress, on_step=on_step,
       plot_title=f"handgrad train: {model.description}, backend {args.backend}")
-  print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0),
-        file=out_stream)
+  monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
+  print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0)
+        + monitor_report, file=out_stream)
   return 0
+
+
+def _monitor_outputs(monitor, out: pathlib.Path) -> str:
+  """Writes the gradient monitor's history and plot; returns its health report."""
+  if not monitor.history:
+    return "\n\ngradient monitor: no step recorded (fewer steps than --monitor)"
+  with open(out / "grad_stats.jsonl", "w") as f:
+    for step_number, stats in zip(monitor.steps, monitor.history):
+      f.write(json.dumps({"step": step_number, "stats": {
+          name: {field: float(v) for field, v in s._asdict().items()}
+          for name, s in stats.items()}}) + "\n")
+  png = monitor.plot_gradient_flow(out / "gradient_flow.png",
+                                   title=f"Gradient flow at step {monitor.steps[-1]}")
+  health = "\n".join(f"  {line}" for line in monitor.check_health())
+  return (f"\n\ngradient monitor ({len(monitor.history)} records, last at step "
+          f"{monitor.steps[-1]}; {out / 'grad_stats.jsonl'}, {png}):\n{health}")

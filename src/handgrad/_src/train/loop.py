@@ -170,8 +170,10 @@ class _Progress:
 def _epoch_means(metrics: Sequence[Metrics]) -> dict[str, float]:
   if not metrics:
     return {}
-  names = list(metrics[0])  # the step's order (device_get would sort the keys)
-  host = jax.device_get(list(metrics))
+  # The step's order (device_get would sort the keys); scalars only (the monitor's
+  # per-parameter statistics are a nested dict, logged separately).
+  names = [n for n, v in metrics[0].items() if not isinstance(v, Mapping)]
+  host = jax.device_get([{n: m[n] for n in names} for m in metrics])
   return {name: float(np.mean([m[name] for m in host])) for name in names}
 
 

@@ -46,24 +46,29 @@ class TrainState(NamedTuple):
     opt_state: the optax optimizer state for ``params``.
     key: uint32 ``[2]`` raw PRNG key data (``jax.random.key_data``); :meth:`rng`
       returns it as a typed key.  The train step splits it once per step.
+    loss_scale: the dynamic loss scale of float16 training
+      (``handgrad.train.LossScaleState``), or ``None``.
   """
   step: Array
   params: Params
   opt_state: optax.OptState
   key: Array
+  loss_scale: Any = None
 
   @classmethod
   def create(cls, params: Params, optimizer: optax.GradientTransformation, *,
-             key: Array | int) -> "TrainState":
+             key: Array | int, loss_scale: Any = None) -> "TrainState":
     """A fresh state at step 0: ``opt_state = optimizer.init(params)``.
 
     ``key`` (a typed key, raw key data or an int seed) seeds the per-step keys that
     the loss receives (dropout).  ``params`` are copied, so donating the state to a
-    jitted step never invalidates the caller's arrays.
+    jitted step never invalidates the caller's arrays.  ``loss_scale`` is a
+    ``DynamicLossScale`` (its initial state is stored) or ``None``.
     """
     params = jax.tree.map(jnp.array, params)
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               opt_state=optimizer.init(params), key=key_data(key))
+               opt_state=optimizer.init(params), key=key_data(key),
+               loss_scale=None if loss_scale is None else loss_scale.init())
 
   def rng(self) -> Array:
     """The state's key as a typed PRNG key."""
@@ -71,6 +76,6 @@ class TrainState(NamedTuple):
 
 
 def create_train_state(params: Params, optimizer: optax.GradientTransformation, *,
-                       key: Array | int) -> TrainState:
+                       key: Array | int, loss_scale: Any = None) -> TrainState:
   """Same as :meth:`TrainState.create`."""
-  return TrainState.create(params, optimizer, key=key)
+  return TrainState.create(params, optimizer, key=key, loss_scale=loss_scale)

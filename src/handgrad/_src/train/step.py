@@ -28,6 +28,7 @@ import optax
 from jax import lax
 
 import handgrad
+from handgrad._src import mixed_precision
 from handgrad._src.data.batching import batches as _batches
 from handgrad._src.train.state import Params, TrainState
 from handgrad._src.train.transforms import FrozenSpec, combine, frozen_mask, partition
@@ -84,7 +85,8 @@ def _split_micro(batch: Batch, k: int) -> Batch:
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     backend: str = "hand", accumulate: int = 1, frozen: FrozenSpec = None,
-                    has_aux: bool = True, donate: bool = True,
+                    loss_scale: mixed_precision.DynamicLossScale | None = None,
+                    monitor: bool = False, has_aux: bool = True, donate: bool = True,
                     jit: bool = True) -> TrainStep:
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted and donating ``state``.
 
@@ -117,6 +119,16 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     accumulate: number of micro-batches k per step; the batch size must be a multiple.
     frozen: a frozen spec (``None``, path prefixes, a ``path -> bool`` predicate or a
       bool pytree), see ``handgrad.train.frozen_mask``.
+    loss_scale: dynamic loss scaling for float16 (``handgrad.train.DynamicLossScale``;
+      the state must carry its ``LossScaleState``, see ``TrainState.create``).  The
+      loss is multiplied by the scale before the backward pass and the gradients are
+      divided by it after; the optimizer (clipping included) sees unscaled gradients.
+      A step whose gradients are not finite is skipped: params and optimizer state
+      stay bit-unchanged, the scale backs off.  Metrics gain ``"loss_scale"`` and
+      ``"skipped"``.
+    monitor: also return per-parameter gradient statistics (mean, std, max |g|, norm,
+      finite fraction; ``handgrad.inspect.gradient_stats``) as ``metrics["grad_stats"]``,
+      computed on the device inside the step.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     donate: donate the input state's buffers to the output (``donate_argnums=0``); the
       state passed in must not be used afterwards.
@@ -132,43 +144,47 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                      f"{', '.join(BACKENDS)}")
   k = _check_positive_int("accumulate", accumulate)
 
-  def full_loss(params, batch, key):
+  def full_loss(params, batch, key, scale):
     out = loss_fn(params, batch, key)
     if has_aux:
       if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError("loss_fn must return (loss, aux_dict); pass has_aux=False for a "
                         "loss_fn that returns the loss only")
-      return out[0], dict(out[1])
-    return out, {}
+      loss, aux = out[0], dict(out[1])
+    else:
+      loss, aux = out, {}
+    if scale is not None:  # loss scaling: differentiate loss × S
+      loss = loss * scale.astype(loss.dtype)
+    return loss, aux
 
-  def grads_of(params, batch, key):
+  def grads_of(params, batch, key, scale):
     """``((loss, aux), grads)`` for one (micro-)batch; zeros for frozen leaves."""
     if frozen is None:
-      return value_and_grad(full_loss, backend)(params, batch, key)
+      return value_and_grad(full_loss, backend)(params, batch, key, scale)
     mask = frozen_mask(params, frozen)
     trainable, fixed = partition(params, mask)
     if not jax.tree.leaves(trainable):
       raise ValueError("every parameter is frozen: there is nothing to train")
 
-    def partial_loss(trainable, fixed, batch, key):
+    def partial_loss(trainable, fixed, batch, key, scale):
       # The seed's requires_grad=False / .detach(): the frozen leaves are constants.
       return full_loss(combine(trainable, jax.tree.map(lax.stop_gradient, fixed)),
-                       batch, key)
+                       batch, key, scale)
 
-    out, g = value_and_grad(partial_loss, backend)(trainable, fixed, batch, key)
+    out, g = value_and_grad(partial_loss, backend)(trainable, fixed, batch, key, scale)
     return out, combine(g, jax.tree.map(jnp.zeros_like, fixed))
 
-  def accumulated(params, batch, key):
+  def accumulated(params, batch, key, scale):
     micro = _split_micro(batch, k)
     first = jax.tree.map(lambda a: a[0], micro)
-    (loss_s, aux_s), g_s = jax.eval_shape(grads_of, params, first, key)
+    (loss_s, aux_s), g_s = jax.eval_shape(grads_of, params, first, key, scale)
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
     init = (jax.tree.map(zeros, loss_s), jax.tree.map(zeros, aux_s),
             jax.tree.map(zeros, g_s))
 
     def body(carry, xs):
       i, mb = xs
-      (loss, aux), g = grads_of(params, mb, jax.random.fold_in(key, i))
+      (loss, aux), g = grads_of(params, mb, jax.random.fold_in(key, i), scale)
       return jax.tree.map(jnp.add, carry, (loss, aux, g)), None
 
     (loss, aux, g), _ = lax.scan(body, init, (jnp.arange(k), micro))
@@ -177,12 +193,24 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng, sub = jax.random.split(jax.random.wrap_key_data(state.key))
-    if k == 1:
-      (loss, aux), grads = grads_of(state.params, batch, sub)
+    compute = grads_of if k == 1 else accumulated
+    scale_state = state.loss_scale
+    if loss_scale is None:
+      (loss, aux), grads = compute(state.params, batch, sub, None)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     else:
-      (loss, aux), grads = accumulated(state.params, batch, sub)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+      if scale_state is None:
+        raise ValueError("make_train_step(loss_scale=...) needs a state created with "
+                         "TrainState.create(..., loss_scale=...)")
+      (loss, aux), grads = compute(state.params, batch, sub, scale_state.scale)
+      loss = loss / scale_state.scale.astype(loss.dtype)
+      grads = loss_scale.unscale(scale_state, grads)
+      params, opt_state, finite = mixed_precision.guarded_update(
+          optimizer, grads, state.opt_state, state.params)
+      scale_state = loss_scale.adjust(scale_state, finite)
+      aux = {**aux, "loss_scale": scale_state.scale,
+             "skipped": jnp.logical_not(finite).astype(jnp.float32)}
     if frozen is not None:
       # Keep the frozen leaves' own buffers: exactly their bits (p + 0 would turn
       # -0.0 into +0.0), whatever the optimizer did.
@@ -191,8 +219,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                             state.params)
     metrics = {"loss": loss, **aux, "grad_norm": global_norm(grads)}
     metrics = {name: jnp.asarray(v, jnp.float32) for name, v in metrics.items()}
+    if monitor:
+      from handgrad._src.inspect.monitor import gradient_stats
+      metrics["grad_stats"] = gradient_stats(grads)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                           key=jax.random.key_data(rng))
+                           key=jax.random.key_data(rng), loss_scale=scale_state)
     return new_state, metrics
 
   if not jit:
@@ -236,14 +267,20 @@ def evaluate(eval_step: Callable[[Params, Batch], Metrics], params: Params, data
 
 # --- classification ------------------------------------------------------------------
 
-def classification_loss(apply_fn: Callable[[Params, Array], Array]) -> LossFn:
+def classification_loss(apply_fn: Callable[[Params, Array], Array], *,
+                        precision: str | mixed_precision.Policy = "float32") -> LossFn:
   """The seed's loss: mean softmax cross-entropy of ``apply_fn(params, batch.x)``.
 
   Uses ``handgrad.ops.softmax_cross_entropy`` (one node with the fused backward
   ``(softmax − onehot) / B``).  Returns ``loss_fn(params, batch, key) -> (loss,
   {"accuracy": ...})``; ``batch`` has ``x [B, ...]`` and int ``y [B]``.  Training
   batches must be full (``remainder="drop"``): ``batch.mask`` is not used.
+  ``precision`` (``"float32"``, ``"bf16"``, ``"fp16"`` or a ``Policy``) runs the model in
+  that dtype with float32 parameters and float32 logits.
   """
+  policy = precision if isinstance(precision, mixed_precision.Policy) else \
+      mixed_precision.get_policy(precision)
+  apply_fn = policy.apply(apply_fn)
 
   def loss_fn(params, batch, key):
     del key
@@ -255,9 +292,13 @@ def classification_loss(apply_fn: Callable[[Params, Array], Array]) -> LossFn:
   return loss_fn
 
 
-def classification_eval(apply_fn: Callable[[Params, Array], Array]) -> EvalFn:
+def classification_eval(apply_fn: Callable[[Params, Array], Array], *,
+                        precision: str | mixed_precision.Policy = "float32") -> EvalFn:
   """``eval_fn(params, batch) -> {"loss": Σ mask·CE, "accuracy": Σ mask·correct,
   "count": Σ mask}`` for :func:`make_eval_step` and :func:`evaluate`."""
+  policy = precision if isinstance(precision, mixed_precision.Policy) else \
+      mixed_precision.get_policy(precision)
+  apply_fn = policy.apply(apply_fn)
 
   def eval_fn(params, batch):
     logits = apply_fn(params, batch.x)
