@@ -18,6 +18,8 @@ as part of the (jitted) step:
 
 from handgrad._src.inspect.clipping import clip_grad_norm
 from handgrad._src.inspect.clipping import clip_grad_value
+from handgrad._src.graph import ComputationGraph
+from handgrad._src.graph import make_graph
 from handgrad._src.inspect.clipping import total_norm
 from handgrad._src.inspect.exploding import GradRank
 from handgrad._src.inspect.exploding import explain_exploding
@@ -39,12 +41,18 @@ from handgrad._src.inspect.zero_grads import ZeroGradReport
 from handgrad._src.inspect.zero_grads import dead_relu_report
 from handgrad._src.inspect.zero_grads import find_zero_gradients
 from handgrad._src.inspect.zero_grads import format_zero_gradients
+from handgrad._src.second_order import Residual
+from handgrad._src.second_order import Spectrum
+from handgrad._src.second_order import print_saved_residuals
+from handgrad._src.second_order import saved_residuals
+from handgrad._src.second_order import top_hessian_eigenvalues
 
 __all__ = [
-    "BackwardTrace", "DeadReLU", "GradRank", "GradStats", "GradientMonitor",
-    "SafeOptimizerState", "ZeroGradReport", "bar_colours", "check_health", "classify",
-    "clip_grad_norm", "clip_grad_value", "dead_relu_report", "explain_exploding",
-    "find_zero_gradients", "format_zero_gradients", "gradient_norms", "gradient_stats",
-    "plot_gradient_flow", "rank_gradients", "safe_optimizer", "total_norm",
-    "trace_backward",
+    "BackwardTrace", "ComputationGraph", "DeadReLU", "GradRank", "GradStats",
+    "GradientMonitor", "Residual", "SafeOptimizerState", "Spectrum", "ZeroGradReport",
+    "bar_colours", "check_health", "classify", "clip_grad_norm", "clip_grad_value",
+    "dead_relu_report", "explain_exploding", "find_zero_gradients",
+    "format_zero_gradients", "gradient_norms", "gradient_stats", "make_graph",
+    "plot_gradient_flow", "print_saved_residuals", "rank_gradients", "safe_optimizer",
+    "saved_residuals", "top_hessian_eigenvalues", "total_norm", "trace_backward",
 ]
