@@ -98,7 +98,9 @@ defvjp("rem", lambda g, ans, x, y: (
                                        lax.floor(lax.abs(lax.div(x, y))))), y)))
 
 # Piecewise-constant functions: zero derivative everywhere JAX defines one.
-for _name in ("sign", "floor", "ceil", "round", "is_finite", "nextafter"):
+# (nextafter has no rule: JAX defines no derivative for it, and x ↦ nextafter(x, y) is
+# x moved by one ulp, whose slope is 1, not 0; a missing rule fails loudly instead.)
+for _name in ("sign", "floor", "ceil", "round", "is_finite"):
   defvjp(_name, lambda g, ans, *args, **params: (None,) * len(args))
 
 # Comparisons and logic have boolean outputs: no gradient flows through them.
@@ -144,7 +146,7 @@ def _convert_vjp(g, ans, x, **params):
 
 
 # Identities: the cotangent passes through unchanged.
-for _name in ("copy", "copy_p", "name", "sharding_constraint"):
+for _name in ("copy", "name", "sharding_constraint"):
   defvjp(_name, lambda g, ans, x, **params: (g,))
 # optimization_barrier is an identity on a tuple of values.
 defvjp("optimization_barrier", lambda g, ans, *xs: tuple(g))

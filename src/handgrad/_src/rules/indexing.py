@@ -1,4 +1,4 @@
-"""Indexing: gather and its transpose, scatter-add; scatter (``x.at[i].set``).
+"""Indexing: gather and its transpose, scatter-add; scatter (``x.at[i].set``); sort.
 
 ``x[i]``, ``jnp.take``, ``jnp.take_along_axis`` and advanced indexing lower to
 ``gather``.  Gather reads slices of the operand at the given start indices, so its
@@ -10,6 +10,8 @@ place, and a filled read (``FILL_OR_DROP``) drops its cotangent.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from handgrad._src.registry import defvjp
@@ -89,3 +91,18 @@ def _scatter_vjp(g, ans, x, indices, updates, *, dimension_numbers, indices_are_
                             unique_indices=unique_indices), ids)
     du = lax.select(won, du, lax.full_like(du, 0))
   return dx, None, lax.convert_element_type(du, updates.dtype)
+
+
+# (z₁, …, zₖ) = sort(x₁, …, xₖ) along ``dimension``, ordered by the first ``num_keys``
+# operands: every zᵢ is xᵢ permuted by one permutation π, so dxᵢ = gᵢ permuted by π⁻¹.
+# π comes from sorting an iota along with the operands, as JAX's rule does, so ties
+# resolve the same way; sorting the pairs (π, gᵢ) by π then applies π⁻¹ exactly.
+@defvjp("sort")
+def _sort_vjp(g, ans, *operands, dimension, is_stable, num_keys):
+  iota = lax.broadcasted_iota(np.int32, np.shape(operands[0]), dimension)
+  perm = lax.sort((*operands, iota), dimension=dimension, is_stable=is_stable,
+                  num_keys=num_keys)[-1]
+  return tuple(
+      lax.sort((perm, ct), dimension=dimension, is_stable=False, num_keys=1)[1]
+      if jnp.issubdtype(lax.dtype(x), jnp.inexact) else None
+      for x, ct in zip(operands, g))

@@ -82,14 +82,15 @@ def _sigmoid_vjp(g, s, x):
 
 @layer_op("tanh")
 def tanh(x):
-  """tanh(x), elementwise."""
+  """tanh(x), elementwise.
+
+  Its rule is the ``tanh`` primitive's (``rules/transcendental.py``): the layer op and
+  the primitive share the registry key ``"tanh"`` and the math, d tanh/dx = 1 − tanh²
+  = (1 + t)(1 − t), the factored form exact near |t| = 1.  One registration serves both,
+  so overriding ``"tanh"`` overrides both (a second one here would silently lose to, or
+  replace, the other depending on import order).
+  """
   return jnp.tanh(x)
-
-
-@defvjp("tanh")
-def _tanh_vjp(g, t, x):
-  """d tanh/dx = 1 − tanh² = (1 + t)(1 − t), the factored form is exact near |t| = 1."""
-  return ((g + g * t) * (1 - t),)
 
 
 # --- softmax family ------------------------------------------------------------------
@@ -199,14 +200,18 @@ def _layer_norm_vjp(g, y, x, gamma, beta, *, eps=1e-5):
 
 # --- attention -----------------------------------------------------------------------
 
+def _causal_keep(logits):
+  """[T, S] mask: query t sees keys s ≤ t + S − T (the last query sees every key)."""
+  t, s = logits.shape[-2], logits.shape[-1]
+  return jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
+
+
 @layer_op("attention_weights")
 def _attention_with_weights(q, k, v, *, causal=False):
   scale = 1.0 / math.sqrt(q.shape[-1])
   logits = jnp.einsum("...thd,...shd->...hts", q, k) * scale
   if causal:
-    t, s = logits.shape[-2], logits.shape[-1]
-    keep = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
-    logits = jnp.where(keep, logits, -jnp.inf)
+    logits = jnp.where(_causal_keep(logits), logits, -jnp.inf)
   p = softmax.impl(logits, axis=-1)
   return jnp.einsum("...hts,...shd->...thd", p, v), p
 
@@ -229,7 +234,10 @@ def _attention_vjp(g, outs, q, k, v, *, causal=False):
       dq = dL·k,   dk = dLᵀ·q.
 
   The weights P come from the forward pass (a second output of the op), so the
-  backward does not recompute q·kᵀ; masked positions have P = 0 and get no blame.
+  backward does not recompute q·kᵀ.  Masked positions get no blame: their P is 0, and
+  dL is zeroed there explicitly, as the transpose of the forward's ``where`` does in
+  JAX, so a query that sees no key at all (T > S, a NaN row of P) leaves dq and dk
+  finite, exactly like ``jax.vjp``.
   """
   g_out, g_p = g
   _, p = outs
@@ -237,6 +245,8 @@ def _attention_vjp(g, outs, q, k, v, *, causal=False):
   dv = jnp.einsum("...hts,...thd->...shd", p, g_out)
   dp = jnp.einsum("...thd,...shd->...hts", g_out, v) + g_p
   dlogits = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * scale
+  if causal:
+    dlogits = jnp.where(_causal_keep(dlogits), dlogits, jnp.zeros_like(dlogits))
   dq = jnp.einsum("...hts,...shd->...thd", dlogits, k)
   dk = jnp.einsum("...hts,...thd->...shd", dlogits, q)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)

@@ -24,10 +24,20 @@ def _broadcast_in_dim_vjp(g, ans, x, *dyn_shape, shape, broadcast_dimensions, **
   return (lax.reshape(ct, x.shape), *([None] * len(dyn_shape)))
 
 
-# Reshape, squeeze and expand_dims move no data: reshape the cotangent back.
-defvjp("reshape", lambda g, ans, x, *dyn, **p: (lax.reshape(g, x.shape), *([None] * len(dyn))))
+# z = reshape(x):  dx = reshape(g) back to x's shape.  With ``dimensions`` (Fortran
+# order, ``ravel(order="F")``) reshape first transposes x by ``dimensions``, so the
+# cotangent is reshaped to the transposed shape and transposed back (as in JAX).
+@defvjp("reshape")
+def _reshape_vjp(g, ans, x, *dyn, dimensions=None, **params):
+  if dimensions is None:
+    return (lax.reshape(g, x.shape), *([None] * len(dyn)))
+  ct = lax.reshape(g, tuple(np.take(x.shape, dimensions)))
+  return (lax.transpose(ct, tuple(np.argsort(dimensions))), *([None] * len(dyn)))
+
+
+# Squeeze moves no data either.  (expand_dims is not a primitive: it lowers to
+# broadcast_in_dim.)
 defvjp("squeeze", lambda g, ans, x, *, dimensions: (lax.reshape(g, x.shape),))
-defvjp("expand_dims", lambda g, ans, x, *, dimensions: (lax.reshape(g, x.shape),))
 
 # z = transpose(x, perm):  dx = transpose(g, perm⁻¹)
 defvjp("transpose", lambda g, ans, x, *, permutation: (

@@ -14,7 +14,7 @@ import math
 from jax import lax
 
 from handgrad._src.registry import defvjp
-from handgrad._src.rules._common import like
+from handgrad._src.rules._common import like, sum_to
 
 # d exp(x) = exp(x)·g
 defvjp("exp", lambda g, ans, x, **p: (lax.mul(g, ans),))
@@ -26,7 +26,8 @@ defvjp("log", lambda g, ans, x, **p: (lax.div(g, x),))
 defvjp("log1p", lambda g, ans, x, **p: (lax.div(g, lax.add(x, like(1, x))),))
 # d (e^x − 1) = (ans + 1)·g
 defvjp("expm1", lambda g, ans, x, **p: (lax.mul(g, lax.add(ans, like(1, ans))),))
-# d tanh(x) = (1 + tanh)(1 − tanh)·g, written as JAX writes it: (g + g·ans)(1 − ans)
+# d tanh(x) = (1 + tanh)(1 − tanh)·g, written as JAX writes it: (g + g·ans)(1 − ans).
+# Also the rule of the layer op handgrad.ops.tanh, registered under the same name.
 defvjp("tanh", lambda g, ans, x, **p: (
     lax.mul(lax.add(g, lax.mul(g, ans)), lax.sub(like(1, x), ans)),))
 # d σ(x) = σ(1 − σ)·g
@@ -53,7 +54,6 @@ defvjp("atan", lambda g, ans, x: (lax.div(g, lax.add(like(1, x), lax.square(x)))
 # atan2(x, y):  dx = g·y/(x² + y²),  dy = −g·x/(x² + y²)
 @defvjp("atan2")
 def _atan2_vjp(g, ans, x, y):
-  from handgrad._src.rules._common import sum_to
   r2 = lax.add(lax.square(x), lax.square(y))
   return (sum_to(lax.mul(g, lax.div(y, r2)), x),
           sum_to(lax.mul(g, lax.div(lax.neg(x), r2)), y))
