@@ -26,6 +26,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py --xla-cpu-scheduler memory
+	$(BIN)/python bench/remat.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -30,22 +30,38 @@ def block(x):
   return jax.block_until_ready(x)
 
 
-def interleaved_step_times(steps: Sequence[Callable[[], object]], *, repeats: int,
-                           iters: int) -> list[float]:
-  """Median seconds per call of each thunk, timed in interleaved rounds.
+def interleaved_samples(steps: Sequence[Callable[[], object]], *, repeats: int,
+                        iters: int) -> list[list[float]]:
+  """Seconds per call of each thunk, one sample per round, timed interleaved.
 
-  Each round times ``iters`` back-to-back calls of every thunk in turn; the median is
-  over rounds.  Thunks must already be compiled (call each once first).
+  Each round times ``iters`` back-to-back calls of every thunk in turn, alternating
+  the order from round to round so that neither variant always runs first.  Thunks
+  must already be compiled (call each once first).
   """
   samples: list[list[float]] = [[] for _ in steps]
-  for _ in range(repeats):
-    for i, step in enumerate(steps):
+  for r in range(repeats):
+    order = list(range(len(steps)))
+    if r % 2:
+      order.reverse()
+    for i in order:
       t0 = time.perf_counter()
       for _ in range(iters):
-        out = step()
+        out = steps[i]()
       block(out)
       samples[i].append((time.perf_counter() - t0) / iters)
-  return [statistics.median(s) for s in samples]
+  return samples
+
+
+def interleaved_step_times(steps: Sequence[Callable[[], object]], *, repeats: int,
+                           iters: int) -> list[float]:
+  """Median seconds per call of each thunk over interleaved rounds."""
+  return [statistics.median(s) for s in interleaved_samples(steps, repeats=repeats, iters=iters)]
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+  """Median over rounds of a/b: samples from the same round share the machine's state,
+  so the per-round ratio cancels drift that a ratio of medians would not."""
+  return statistics.median(x / y for x, y in zip(a, b))
 
 
 def compile_seconds_and_memory(make_fn: Callable[[], Callable], args: tuple) -> tuple[float, int]:
