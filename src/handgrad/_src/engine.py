@@ -250,11 +250,17 @@ def _apply(frame: Frame, i: int, eqn, cts: list, in_active: list) -> list:
   if rule is None:
     raise missing_rule_error(rule_name, where(eqn))
   ans = frame.outs[i]
-  g = _instantiate(cts, [v.aval for v in eqn.outvars])
-  if not eqn.primitive.multiple_results and layer is None:
-    g, ans = g[0], ans[0]
-  elif layer is not None and len(eqn.outvars) == 1:
-    g, ans = g[0], ans[0]
+  if layer is None:
+    g = _instantiate(cts, [v.aval for v in eqn.outvars])
+    if not eqn.primitive.multiple_results:
+      g, ans = g[0], ans[0]
+  else:
+    # A layer-level op's rule gets None for an output that received no blame (such as
+    # the attention weights, returned only for the backward pass), so it can skip that
+    # term instead of multiplying zeros.
+    g = list(cts)
+    if len(eqn.outvars) == 1:
+      g, ans = g[0], ans[0]
   with _context(eqn):
     cts_in = rule(g, ans, *args, **params)
   cts_in = check_cotangents(rule_name, eqn, cts_in, in_active)

@@ -5,7 +5,8 @@ A *rule* is a Python function written in ``jax.numpy``/``lax``::
     rule(g, ans, *args, **params) -> tuple of cotangents, one per arg
 
 * ``g``    cotangent of the output (a tuple of them for multi-output primitives),
-           same shape and dtype as ``ans``.
+           same shape and dtype as ``ans``.  For a multi-output *layer-level* op, an
+           output that received no blame gets ``None`` instead of zeros.
 * ``ans``  the primal output(s) of the equation.
 * ``args`` the primal inputs of the equation, in order.
 * ``params`` the equation's parameters (``axes=``, ``dimension_numbers=``, ...), or,
