@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
                  help="dtypes to check in (default: both)")
   p.add_argument("--no-fd", action="store_true",
                  help="skip the float64 finite-difference checks")
+  p.add_argument("--rules", default=None, metavar="NAMES",
+                 help="comma-separated rule names to check (default: every registered rule)")
   p.set_defaults(run=run)
 
 
@@ -44,11 +46,20 @@ def _seed_example(out) -> bool:
   return ok
 
 
-def run(args: argparse.Namespace, out=sys.stdout) -> int:
+def run(args: argparse.Namespace, out=None) -> int:
   from handgrad._src import specs
 
+  out = out or sys.stdout
+  from handgrad._src.registry import registry
+
   dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-  rows = specs.check_all_rules(dtypes=dtypes, finite_differences=not args.no_fd)
+  names = None
+  if args.rules:
+    names = [n.strip() for n in args.rules.split(",") if n.strip()]
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+      raise ValueError(f"--rules: no registered rule named {', '.join(map(repr, unknown))}")
+  rows = specs.check_all_rules(dtypes=dtypes, finite_differences=not args.no_fd, names=names)
   by_rule: dict[str, dict[str, object]] = {}
   for name, dtype, report in rows:
     by_rule.setdefault(name, {})[dtype] = report
