@@ -25,9 +25,15 @@ class CommandError(Exception):
   """An error to report as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+  """Bad arguments end with one line on stderr (exit status 2), not the usage text."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="handgrad", description="Backpropagation by hand on JAX.")
+  parser = _Parser(prog="handgrad", description="Backpropagation by hand on JAX.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   sub.required = True
   for module in _SUBCOMMANDS:

@@ -18,3 +18,13 @@ def test_check_prints_rule_table_and_seed_example(capsys):
 def test_check_rejects_unknown_rule(capsys):
   assert main(["check", "--rules", "no_such_rule"]) == 2
   assert "no_such_rule" in capsys.readouterr().err
+
+
+def test_bad_top_level_arguments_are_one_line(capsys):
+  import pytest
+  for argv in (["train", "--bogus"], ["frobnicate"]):
+    with pytest.raises(SystemExit) as e:
+      main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("handgrad: error:")
