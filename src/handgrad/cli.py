@@ -12,13 +12,9 @@ from typing import Sequence
 
 from handgrad._src.cli import check as check_cmd
 from handgrad._src.cli import graph as graph_cmd
+from handgrad._src.cli import train as train_cmd
 
-_SUBCOMMANDS = [check_cmd, graph_cmd]
-try:  # training is optional at import time so `handgrad check` never depends on it
-  from handgrad._src.cli import train as train_cmd
-  _SUBCOMMANDS.append(train_cmd)
-except ImportError:  # pragma: no cover
-  pass
+_SUBCOMMANDS = [check_cmd, train_cmd, graph_cmd]
 
 
 class CommandError(Exception):
