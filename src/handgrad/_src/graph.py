@@ -30,6 +30,7 @@ from jax.extend import core as jex
 from handgrad._src import api
 from handgrad._src import engine
 from handgrad._src import layer_ops
+from handgrad._src.nn.base import path_str
 
 VANISHING = 1e-7
 EXPLODING = 100.0
@@ -252,12 +253,11 @@ def _layer_names() -> set[str]:
 
 def _path_name(path, fun_args: Sequence[str]) -> str:
   """``layers/0/W`` for a parameter leaf; the argument's name (``x``) for an input."""
-  keys = [str(getattr(e, "key", getattr(e, "idx", getattr(e, "name", e)))) for e in path]
-  arg = int(keys[0])
-  if arg == 0 and len(keys) > 1:
-    return "/".join(keys[1:])
+  arg = path[0].idx
+  if arg == 0 and len(path) > 1:
+    return path_str(path[1:])
   head = fun_args[arg] if arg < len(fun_args) else f"arg{arg}"
-  return "/".join([head, *keys[1:]])
+  return "/".join([head, path_str(path[1:])]) if len(path) > 1 else head
 
 
 def _cotangent_contributions(fun: Callable, args: tuple) -> dict:

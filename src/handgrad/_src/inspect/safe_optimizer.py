@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from handgrad._src.inspect._tree import upcast
+from handgrad._src.inspect._tree import l2_norm
 from handgrad._src.inspect.clipping import EPS
 
 
@@ -52,13 +52,6 @@ class SafeOptimizerState(NamedTuple):
   last_skipped: jax.Array
   last_norm: jax.Array
   num_skipped: jax.Array
-
-
-def _global_norm(tree) -> jax.Array:
-  leaves = [upcast(jnp.asarray(g)) for g in jax.tree.leaves(tree)]
-  if not leaves:
-    return jnp.zeros((), jnp.float32)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves)).astype(jnp.float32)
 
 
 def _set_learning_rate(inner_state, lr):
@@ -114,7 +107,7 @@ def safe_optimizer(inner: Callable[..., optax.GradientTransformation]
         num_skipped=jnp.zeros((), jnp.int32))
 
   def update_fn(updates, state, params=None):
-    norm = _global_norm(updates)
+    norm = l2_norm(jax.tree.leaves(updates)).astype(jnp.float32)
     finite = jnp.isfinite(norm)
     # The seed's explosion bookkeeping, on finite steps only.
     exploded = norm > threshold

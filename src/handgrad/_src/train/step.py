@@ -30,6 +30,7 @@ from jax import lax
 import handgrad
 from handgrad._src import mixed_precision
 from handgrad._src.data.batching import batches as _batches
+from handgrad._src.inspect._tree import l2_norm
 from handgrad._src.train.state import Params, TrainState
 from handgrad._src.train.transforms import FrozenSpec, combine, frozen_mask, partition
 
@@ -58,10 +59,7 @@ def value_and_grad(fun: Callable, backend: str = "hand", *, has_aux: bool = True
 
 def global_norm(tree: Any) -> Array:
   """``sqrt(Σ_leaves Σ x²)``, the norm ``optax.clip_by_global_norm`` compares against."""
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.zeros((), jnp.float32)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+  return l2_norm(jax.tree.leaves(tree))
 
 
 def _check_positive_int(name: str, value) -> int:
