@@ -147,14 +147,16 @@ def softmax_cross_entropy(logits, labels):
 def _softmax_cross_entropy_vjp(g, outs, logits, labels):
   """The seed's fused backward: dlogits = (softmax − onehot) / batch, times g.
 
-  softmax = exp(log_probs) from the forward pass.  Written as "softmax·g/batch, then
-  subtract g/batch at each row's label" (a scatter-add) rather than by building the
-  one-hot matrix: the one-hot depends only on the labels, so XLA:CPU's
-  concurrency-optimised scheduler computes it at the start of the step, beside the
-  forward matmuls, and slows them (measured 1.12× a jax.grad step; this form 1.0×).
-  Invalid labels give NaN rows, like the forward pass.  The op's second output, the
-  log-probabilities, adds ``g_lp − softmax·Σ g_lp`` when a caller uses it (``g_lp`` is
-  ``None`` otherwise).
+  softmax = exp(log_probs) from the forward pass.  The scaled one-hot −g/batch is
+  built by scattering into zeros at each row's label (what jax.grad's transpose of
+  ``take_along_axis`` does) rather than by comparing the labels with an iota: on
+  XLA:CPU the iota comparison turns into a label-only fusion that the concurrency-
+  optimised scheduler runs beside the forward matmuls and slows them (measured up to
+  1.25× a jax.grad step), and subtracting at the labels from the probabilities
+  in place puts a scatter on the critical path (1.12× at batch 128).  This form is
+  at parity at every batch size (bench/results.md).  Invalid labels give NaN rows,
+  like the forward pass.  The op's second output, the log-probabilities, adds
+  ``g_lp − softmax·Σ g_lp`` when a caller uses it (``g_lp`` is ``None`` otherwise).
   """
   g_loss, g_log_probs = g  # either may be None: that output received no blame
   _, log_probs = outs
@@ -166,9 +168,10 @@ def _softmax_cross_entropy_vjp(g, outs, logits, labels):
     flat_labels = labels.reshape(-1)
     batch = flat_labels.shape[0]
     valid = (flat_labels >= 0) & (flat_labels < num_classes)
-    scale = g_loss / batch
-    dlogits = jnp.where(valid[:, None], probs * scale, jnp.nan)
-    dlogits = dlogits.at[jnp.arange(batch), jnp.where(valid, flat_labels, 0)].add(-scale)
+    # −g/batch per row (NaN where the label is out of range), placed at the label.
+    minus_scale = jnp.where(valid, -g_loss / batch, jnp.nan).astype(flat_lp.dtype)
+    minus_onehot = dlogits.at[jnp.arange(batch), jnp.where(valid, flat_labels, 0)].add(minus_scale)
+    dlogits = minus_onehot - probs * minus_scale[:, None]
   if g_log_probs is not None:
     g_lp = g_log_probs.reshape(-1, num_classes)
     dlogits = dlogits + g_lp - probs * jnp.sum(g_lp, axis=-1, keepdims=True)
