@@ -134,6 +134,19 @@ def test_custom_vjp_with_residuals_and_none_cotangent():
   chex.assert_trees_all_close(hg.grad(loss, (0, 1))(*args), jax.grad(loss, (0, 1))(*args))
 
 
+def test_custom_vjp_bwd_output_conventions_of_both_jax_lines():
+  """JAX ≤ 0.11.0 returns a flat cotangent list from ``bwd``; later JAX (cts, logs)."""
+  from handgrad._src.engine import _bwd_cotangents
+
+  cts = [jnp.ones(2), None]
+  assert _bwd_cotangents(cts) is cts
+  assert _bwd_cotangents((cts, None)) is cts
+  assert _bwd_cotangents((cts, {"norm": jnp.ones(())})) is cts
+  # A two-argument rule's plain list of cotangents is not mistaken for (cts, logs).
+  two = [jnp.ones(2), {"a": 1}]
+  assert _bwd_cotangents(two) is two
+
+
 @pytest.mark.parametrize("fn", [jax.nn.relu, jax.nn.relu6, jax.nn.softplus, jax.nn.log_sigmoid,
                                 jax.nn.mish, jax.nn.silu, jax.nn.gelu,
                                 lambda x: jax.nn.gelu(x, approximate=False)])

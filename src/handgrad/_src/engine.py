@@ -371,10 +371,23 @@ def _is_symbolic_zero(x) -> bool:
   return x is None or type(x).__name__ in ("Zero", "SymbolicZero")
 
 
+def _bwd_cotangents(bwd_out):
+  """The flat input cotangents returned by a custom_vjp equation's ``bwd``.
+
+  JAX ≤ 0.11.0 returns the list of cotangents; later JAX returns ``(cotangents,
+  logs)``, where ``logs`` is ``None`` or a dict (``defvjp_with_logs``).  The logs are
+  dropped, as a plain ``jax.vjp`` call drops them.
+  """
+  if (isinstance(bwd_out, tuple) and len(bwd_out) == 2 and isinstance(bwd_out[0], list)
+      and (bwd_out[1] is None or isinstance(bwd_out[1], dict))):
+    return bwd_out[0]
+  return bwd_out
+
+
 def _custom_vjp_backward(eqn, res, args, cts, in_active):
   nc = eqn.params["num_consts"]
   cts = _instantiate(cts, [v.aval for v in eqn.outvars])
-  cts_in = eqn.params["bwd"].call_wrapped(*res, *cts)
+  cts_in = _bwd_cotangents(eqn.params["bwd"].call_wrapped(*res, *cts))
   cts_in = [None if _is_symbolic_zero(ct) else ct for ct in cts_in]
   return check_cotangents(f"custom_vjp:{eqn.params.get('name', '?')}", eqn,
                           [None] * nc + cts_in, in_active)
