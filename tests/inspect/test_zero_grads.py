@@ -137,14 +137,16 @@ def test_dead_relu_report_finds_jax_nn_relu_and_nested_regions():
       a = jax.nn.relu(x @ w)
     b = jax.checkpoint(lambda t: hg.ops.relu(t - 1.5))(a)
     c = jax.jit(jax.nn.relu)(-b)
-    return jnp.maximum(c, 0.0)  # a plain max is not reported
+    d = jnp.maximum(0.0, c - 1.0)  # the NumPy-style ReLU
+    return jnp.maximum(d, 0.5) + jnp.maximum(x, x)  # not ReLUs: no literal zero
 
   report = hgi.dead_relu_report(fn, w, x)
-  assert list(report) == ["enc/relu", "relu", "relu_1"]
+  assert list(report) == ["enc/relu", "relu", "relu_1", "relu_2"]
   np.testing.assert_allclose(report["enc/relu"].dead_fraction, 1 / 3)
   # t - 1.5 = [[-0.5, -1.5, -1], [0.5, -1.5, -0.5]]: units 1 and 2 dead
   np.testing.assert_allclose(report["relu"].dead_fraction, 2 / 3)
   np.testing.assert_allclose(report["relu_1"].dead_fraction, 1.0)  # -b <= 0 everywhere
+  np.testing.assert_allclose(report["relu_2"].dead_fraction, 1.0)  # c - 1 = -1 everywhere
 
 
 @pytest.mark.parametrize("shape", [(), (5,), (2, 3, 4)])

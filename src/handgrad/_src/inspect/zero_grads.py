@@ -73,15 +73,27 @@ class DeadReLU(NamedTuple):
 
 # --- dead ReLUs ----------------------------------------------------------------------
 
-def is_relu(eqn) -> bool:
-  """``handgrad.ops.relu`` (a layer-level op) or ``jax.nn.relu`` (a ``custom_jvp``)."""
+def relu_operand(eqn) -> int | None:
+  """The index of the pre-activation if ``eqn`` is a ReLU, else ``None``.
+
+  ReLUs are ``handgrad.ops.relu`` (a layer-level op), ``jax.nn.relu`` (a
+  ``custom_jvp``) and ``max(x, 0)`` with a literal zero, which is what
+  ``jnp.maximum(x, 0)`` and the NumPy-style ``jnp.maximum(0, x)`` trace to.
+  """
   if layer_op_name(eqn) == "relu":
-    return True
+    return 0
   if eqn.primitive.name == "custom_jvp_call":
     inner = eqn.params["call_jaxpr"].jaxpr.eqns
-    return (len(inner) == 1 and inner[0].primitive.name == "jit"
-            and inner[0].params.get("name") == "relu")
-  return False
+    is_relu = (len(inner) == 1 and inner[0].primitive.name == "jit"
+               and inner[0].params.get("name") == "relu")
+    return 0 if is_relu else None
+  if eqn.primitive.name == "max":
+    for i, v in enumerate(eqn.invars):
+      other = eqn.invars[1 - i]
+      if (isinstance(v, jex.Literal) and not isinstance(other, jex.Literal)
+          and np.ndim(v.val) == 0 and v.val == 0):
+        return 1 - i
+  return None
 
 
 def _read(env, v):
@@ -97,8 +109,9 @@ def _relu_inputs(jaxpr, consts, args, scope, found: list) -> list:
   for eqn in jaxpr.eqns:
     invals = [_read(env, v) for v in eqn.invars]
     sc = scope + scope_names(eqn.source_info.name_stack)
-    if is_relu(eqn):
-      found.append((sc, invals[0]))
+    operand = relu_operand(eqn)
+    if operand is not None:
+      found.append((sc, invals[operand]))
     nested = inner_jaxpr(eqn)
     if nested is not None:
       outs = _relu_inputs(nested[0], nested[1], invals, sc, found)
@@ -113,9 +126,9 @@ def _relu_inputs(jaxpr, consts, args, scope, found: list) -> list:
 def dead_relu_report(fn: Callable[..., Any], *args: Any) -> dict[str, DeadReLU]:
   """Per ReLU in ``fn(*args)``, the fraction of its units inactive on the whole batch.
 
-  Finds ``handgrad.ops.relu`` and ``jax.nn.relu`` applications (also inside nested
-  ``jit`` and ``checkpoint`` regions; not inside ``lax.cond`` branches or custom
-  derivatives) and names them by their named scope: ``"layers/0/relu"``, then
+  Finds ``handgrad.ops.relu``, ``jax.nn.relu`` and ``jnp.maximum(x, 0)`` applications
+  (also inside nested ``jit`` and ``checkpoint`` regions; not inside ``lax.cond``
+  branches or custom derivatives) and names them by their named scope: ``"layers/0/relu"``, then
   ``"layers/0/relu_1"`` for a second one in the same scope.  Jit-safe: the result
   is a dict of :class:`DeadReLU` scalars.
 
