@@ -16,7 +16,8 @@ Conventions:
 * Nested jaxprs are handled here, not in the registry: ``jit`` (descend, or apply the
   rule of a layer-level op), ``custom_jvp_call`` (transpose the user's JVP rule with the
   hand rules), ``custom_vjp_call`` (run the user's forward and backward),
-  ``remat2``/``checkpoint`` (recompute in the backward pass) and ``cond``.
+  ``remat2``/``checkpoint`` (recompute in the backward pass), ``cond`` and ``scan``
+  (a reversed scan that recomputes each iteration from its saved carry).
 * No JAX autodiff runs here: no ``jax.vjp``/``jax.grad``/``jax.linearize`` and no JAX
   JVP or transpose rule.
 """
@@ -87,8 +88,9 @@ class Observer:
   name (``"dense"``) or ``None`` for a primitive or a nested jaxpr; ``cts_out`` holds
   the total cotangent of each of ``eqn.outvars`` and ``cts_in`` this equation's
   contribution to each of ``eqn.invars`` (``None`` = no blame).  A nested equation is
-  reported after the equations inside it.  :func:`current_path` tells where the
-  equation sits.  The observer may only read values (they are traced arrays under
+  reported after the equations inside it, except a ``scan``, whose body is not shown
+  to observers (its values live inside the loop).  :func:`current_path` tells where
+  the equation sits.  The observer may only read values (they are traced arrays under
   ``jit``).
   """
   on_eqn: Callable[..., None]
@@ -124,6 +126,19 @@ class observe:
 
   def __exit__(self, *exc):
     _OBSERVERS.remove(self.observer)
+
+
+class _suspended_observers:
+  """No observer sees the equations inside a loop body: their values are the body's
+  per-iteration tracers, which must not leave it.  The loop equation itself is still
+  reported, with the loop's own cotangents."""
+
+  def __enter__(self):
+    self.saved = list(_OBSERVERS)
+    _OBSERVERS.clear()
+
+  def __exit__(self, *exc):
+    _OBSERVERS[:] = self.saved
 
 
 # -------------------------------------------------------------------------------------
@@ -247,6 +262,13 @@ def _apply(frame: Frame, i: int, eqn, cts: list, in_active: list) -> list:
   else:
     rule_name, params = name, eqn.params
   rule = lookup(rule_name)
+  if rule is None and rule_name == "while":
+    loc = where(eqn)
+    raise NotImplementedError(
+        "reverse-mode differentiation of lax.while_loop is not supported (nor by "
+        "jax.grad): its number of iterations is only known at run time.  Use lax.scan, "
+        "or lax.fori_loop with static bounds (which becomes a scan)"
+        f"{'; at ' + loc if loc else ''}")
   if rule is None:
     raise missing_rule_error(rule_name, where(eqn))
   ans = frame.outs[i]
@@ -452,9 +474,127 @@ def _cond_backward(eqn, child, args, cts, in_active):
   return [None] + [next(active_cts) if a else None for a in act]
 
 
+def _active_outputs(jaxpr, active_in) -> list[bool]:
+  """Which outputs of ``jaxpr`` are active when ``active_in`` of its inputs are.
+
+  The same propagation as :func:`forward`, without evaluating anything.
+  """
+  active = {v for v, a in zip(jaxpr.invars, active_in) if a and is_float(v.aval)}
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in _CUT:
+      continue
+    if any(not isinstance(v, jex.Literal) and v in active for v in eqn.invars):
+      active.update(v for v in eqn.outvars
+                    if not isinstance(v, jex.DropVar) and is_float(v.aval))
+  return [not isinstance(v, jex.Literal) and v in active for v in jaxpr.outvars]
+
+
+def _scan_counts(params) -> tuple[int, int]:
+  """``(num_consts, num_carry)`` of a scan equation.
+
+  JAX ≤ 0.10 has them as parameters; JAX 0.11 describes the inputs by a flat tree
+  ``ft_in`` of (consts, carry, xs) instead.
+  """
+  if "num_consts" in params:
+    return params["num_consts"], params["num_carry"]
+  consts, carry, _ = params["ft_in"].unpack()
+  return len(consts), len(carry)
+
+
+def _scan_body_activity(eqn, in_active) -> list[bool]:
+  """Activity of the scan body's inputs: consts, carries, xs.
+
+  A carry is active when its initial value is, or when the body mixes an active value
+  into it on some iteration: a fixed point over the body (``num_carry`` rounds at most).
+  """
+  p = eqn.params
+  nc, ncarry = _scan_counts(p)
+  body = p["jaxpr"].jaxpr
+  consts_a, carry_a, xs_a = in_active[:nc], list(in_active[nc:nc + ncarry]), in_active[nc + ncarry:]
+  while True:
+    out_a = _active_outputs(body, [*consts_a, *carry_a, *xs_a])
+    grown = [a or b for a, b in zip(carry_a, out_a[:ncarry])]
+    if grown == carry_a:
+      return [*consts_a, *carry_a, *xs_a]
+    carry_a = grown
+
+
+def _scan_forward(eqn, invals, in_active, remat):
+  # Evaluate the loop and keep the carry entering every iteration (stacked along a
+  # new leading axis); the backward pass recomputes each iteration's forward from it.
+  p = eqn.params
+  nc, ncarry = _scan_counts(p)
+  body = p["jaxpr"]
+  consts, init, xs = invals[:nc], invals[nc:nc + ncarry], invals[nc + ncarry:]
+  inactive = [False] * len(body.jaxpr.invars)
+
+  def step(carry, x):
+    outs, _ = forward(body.jaxpr, body.consts, [*consts, *carry, *x], inactive)
+    return outs[:ncarry], (outs[ncarry:], carry)
+
+  with _context(eqn):
+    final, (ys, carries) = lax.scan(step, list(init), list(xs), length=p["length"],
+                                    reverse=p["reverse"], unroll=p["unroll"])
+  return [*final, *ys], carries
+
+
+def _scan_backward(eqn, carries, args, cts, in_active):
+  """The reverse of a scan is a scan in the other direction.
+
+  Each backward iteration recomputes its forward iteration from the saved carry (as if
+  the body were checkpointed: one extra forward of the body, and only the carries are
+  kept, not every residual), runs the hand backward pass over the body, passes the
+  carry cotangent on to the previous iteration and sums the constants' cotangents.
+  """
+  p = eqn.params
+  nc, ncarry = _scan_counts(p)
+  body = p["jaxpr"]
+  invars = body.jaxpr.invars
+  consts, xs = args[:nc], args[nc + ncarry:]
+  body_active = _scan_body_activity(eqn, in_active)
+  consts_a, carry_a, xs_a = (body_active[:nc], body_active[nc:nc + ncarry],
+                             body_active[nc + ncarry:])
+  ct_carry, ct_ys = cts[:ncarry], cts[ncarry:]
+  carry_avals = [v.aval for v in invars[nc:nc + ncarry]]
+  # Only active carries and constants have cotangents in the loop state; ys cotangents
+  # that never arrived are not stacked at all.
+  ct_carry0 = [zeros(av) if ct is None else ct
+               for ct, av, a in zip(ct_carry, carry_avals, carry_a) if a]
+  ct_consts0 = [zeros(v.aval) for v, a in zip(invars[:nc], consts_a) if a]
+  present = [ct is not None for ct in ct_ys]
+  ct_ys_given = [ct for ct in ct_ys if ct is not None]
+
+  def spread(values, mask):
+    it = iter(values)
+    return [next(it) if m else None for m in mask]
+
+  def step(state, inp):
+    ct_c, ct_k = state
+    carry, x, ct_y = inp
+    _, frame = forward(body.jaxpr, body.consts, [*consts, *carry, *x], body_active)
+    cts_in = backward(frame, [*spread(ct_c, carry_a), *spread(ct_y, present)])
+    ct_k_in = [ct for ct, a in zip(cts_in[:nc], consts_a) if a]
+    ct_c_in = [ct for ct, a in zip(cts_in[nc:nc + ncarry], carry_a) if a]
+    ct_x_in = [ct for ct, a in zip(cts_in[nc + ncarry:], xs_a) if a]
+    new_ct_k = [acc if ct is None else acc + ct for acc, ct in zip(ct_k, ct_k_in)]
+    new_ct_c = [jnp.zeros_like(prev) if ct is None else ct for prev, ct in zip(ct_c, ct_c_in)]
+    x_avals = [v.aval for v, a in zip(invars[nc + ncarry:], xs_a) if a]
+    ct_x = [zeros(av) if ct is None else ct for ct, av in zip(ct_x_in, x_avals)]
+    return (new_ct_c, new_ct_k), ct_x
+
+  with _suspended_observers():
+    (ct_init, ct_consts), ct_xs = lax.scan(
+        step, (ct_carry0, ct_consts0), (carries, list(xs), ct_ys_given),
+        length=p["length"], reverse=not p["reverse"], unroll=p["unroll"])
+  ct_init = [ct if a else None for ct, a in
+             zip(spread(ct_init, carry_a), in_active[nc:nc + ncarry])]
+  return [*spread(ct_consts, consts_a), *ct_init, *spread(ct_xs, xs_a)]
+
+
 _NESTED_FORWARD: dict[str, Callable] = {
     "jit": _jit_forward,
     "custom_vjp_call": _custom_vjp_forward,
+    "scan": _scan_forward,
     **{name: _remat_forward for name in _REMAT_NAMES},
 }
 _NESTED_BACKWARD: dict[str, Callable] = {
@@ -462,5 +602,6 @@ _NESTED_BACKWARD: dict[str, Callable] = {
     "custom_jvp_call": _custom_jvp_backward,
     "custom_vjp_call": _custom_vjp_backward,
     "cond": _cond_backward,
+    "scan": _scan_backward,
     **{name: _remat_backward for name in _REMAT_NAMES},
 }
