@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/engine.py --xla-cpu-scheduler memory
 	$(BIN)/python bench/remat.py
+	$(BIN)/python bench/scan.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

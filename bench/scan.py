@@ -1,0 +1,136 @@
+"""Loops: a jitted RNN training step through ``lax.scan``, handgrad.grad vs jax.grad.
+
+handgrad's backward pass of a scan keeps only the carry entering each iteration and
+recomputes the iteration's forward pass before its backward (like a checkpointed
+body); jax.grad keeps every residual of the body.  Both are compared with
+``jax.grad`` of the same scan with a ``jax.checkpoint``-ed body, which makes the same
+trade.  Side by side in one run (interleaved rounds, medians of per-round ratios);
+writes a table to bench/results.md.
+
+    python bench/scan.py [--quick] [--no-write]
+
+What to expect: handgrad's temp memory close to jax.grad + checkpoint and below plain
+jax.grad's when the body's residuals outweigh its carry; its time between the two
+(one extra forward of the body per iteration, as with checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+
+import handgrad as hg
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _common import (compile_seconds_and_memory, interleaved_samples,  # noqa: E402
+                     markdown_table, paired_ratio, write_section)
+
+LR = 0.01
+
+
+def init_rnn(key, inputs, hidden, classes):
+  kw, ku, ko = jax.random.split(key, 3)
+  return {"W": jax.random.normal(kw, (hidden, hidden)) / math.sqrt(hidden),
+          "U": jax.random.normal(ku, (inputs, hidden)) / math.sqrt(inputs),
+          "b": jnp.zeros(hidden),
+          "out": {"W": jax.random.normal(ko, (hidden, classes)) / math.sqrt(hidden),
+                  "b": jnp.zeros(classes)}}
+
+
+def rnn_loss(params, xs, labels, checkpoint_body=False):
+  """A tanh RNN over xs: [T, B, F]; the last state classifies.  labels: [B] int."""
+  def step(h, x):
+    return jnp.tanh(h @ params["W"] + x @ params["U"] + params["b"]), None
+
+  body = jax.checkpoint(step) if checkpoint_body else step
+  h0 = jnp.zeros((xs.shape[1], params["W"].shape[0]), xs.dtype)
+  h, _ = jax.lax.scan(body, h0, xs)
+  logits = hg.ops.dense(h, params["out"]["W"], params["out"]["b"])
+  return hg.ops.softmax_cross_entropy(logits, labels)
+
+
+def make_step(grad_fn, checkpoint_body):
+  def make():
+    def step(params, xs, labels):
+      loss, grads = grad_fn(rnn_loss)(params, xs, labels, checkpoint_body)
+      return jax.tree.map(lambda p, g: p - LR * g, params, grads), loss
+    return jax.jit(step, donate_argnums=0)
+  return make
+
+
+VARIANTS = {"hand": (hg.value_and_grad, False), "jax": (jax.value_and_grad, False),
+            "jax+ckpt": (jax.value_and_grad, True)}
+
+
+def bench_case(name, params, batch, *, repeats, iters):
+  makers = {k: make_step(*v) for k, v in VARIANTS.items()}
+  temp, compile_s = {}, {}
+  for k, make in makers.items():
+    compile_s[k], temp[k] = compile_seconds_and_memory(make, (params, *batch))
+  state = {k: jax.tree.map(jnp.copy, params) for k in makers}
+  fns = {k: make() for k, make in makers.items()}
+  losses = {}
+  for k in makers:
+    state[k], losses[k] = fns[k](state[k], *batch)
+
+  def thunk(k):
+    def run():
+      state[k], loss = fns[k](state[k], *batch)
+      return loss
+    return run
+
+  samples = dict(zip(makers, interleaved_samples([thunk(k) for k in makers],
+                                                 repeats=repeats, iters=iters)))
+  ref = float(losses["jax"])
+  agree = all(abs(float(v) - ref) <= 1e-5 * max(1.0, abs(ref)) for v in losses.values())
+  mib = {k: v / 2**20 for k, v in temp.items()}
+  return {
+      "case": name,
+      "ms hand / jax / jax+ckpt": " / ".join(f"{statistics.median(samples[k]) * 1e3:.2f}"
+                                             for k in makers),
+      "time hand/jax": f"{paired_ratio(samples['hand'], samples['jax']):.3f}",
+      "time hand/jax+ckpt": f"{paired_ratio(samples['hand'], samples['jax+ckpt']):.3f}",
+      "temp MiB hand / jax / jax+ckpt": " / ".join(f"{mib[k]:.2f}" for k in makers),
+      "memory hand/jax": f"{temp['hand'] / max(temp['jax'], 1):.3f}",
+      "memory hand/jax+ckpt": f"{temp['hand'] / max(temp['jax+ckpt'], 1):.3f}",
+      "compile hand/jax": f"{compile_s['hand'] / compile_s['jax']:.2f}",
+      "loss agrees": "yes" if agree else f"NO ({ {k: float(v) for k, v in losses.items()} })",
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="fewer repeats and cases")
+  parser.add_argument("--no-write", action="store_true", help="print only; leave results.md")
+  args = parser.parse_args(argv)
+  repeats = 5 if args.quick else 15
+  kp, kx, ky = jax.random.split(jax.random.key(0), 3)
+  cases = ((32, 64), (128, 64)) if args.quick else ((32, 64), (128, 64), (512, 16))
+  inputs, hidden, classes = 64, 256, 10
+  params = init_rnn(kp, inputs, hidden, classes)
+  rows = []
+  for steps, batch in cases:
+    xs = jax.random.normal(kx, (steps, batch, inputs))
+    labels = jax.random.randint(ky, (batch,), 0, classes)
+    row = bench_case(f"rnn T={steps} B={batch} H={hidden}", params, (xs, labels),
+                     repeats=repeats, iters=5)
+    print(row, flush=True)
+    rows.append(row)
+  headers = list(rows[0])
+  table = markdown_table(headers, [[r[h] for h in headers] for r in rows])
+  print("\n" + table)
+  if not args.no_write:
+    write_section("Loops: RNN training step through lax.scan (bench/scan.py)",
+                  table + "\n\nhand = handgrad.grad (recomputes each iteration from its "
+                  "saved carry); jax = jax.grad; jax+ckpt = jax.grad with a "
+                  "jax.checkpoint-ed scan body.")
+
+
+if __name__ == "__main__":
+  main()
