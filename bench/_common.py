@@ -15,6 +15,7 @@ import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 RESULTS = pathlib.Path(__file__).with_name("results.md")
 
@@ -62,6 +63,48 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
   """Median over rounds of a/b: samples from the same round share the machine's state,
   so the per-round ratio cancels drift that a ratio of medians would not."""
   return statistics.median(x / y for x, y in zip(a, b))
+
+
+def sgd_step_factory(loss: Callable, grad_fn: Callable, lr: float) -> Callable[[], Callable]:
+  """A factory of fresh jitted SGD steps ``step(params, *batch) -> (params, loss)``
+  that donate the parameters.  ``grad_fn`` is ``jax.value_and_grad`` or
+  ``handgrad.value_and_grad``.  Each call returns a new function object, so JAX's
+  tracing and compilation caches cannot hide the trace+compile cost."""
+  def make():
+    def step(params, *batch):
+      loss_value, grads = grad_fn(loss)(params, *batch)
+      return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss_value
+    return jax.jit(step, donate_argnums=0)
+  return make
+
+
+def time_training_steps(steps: dict[str, Callable], params, batch: tuple, *, repeats: int,
+                        iters: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+  """Per-round seconds of each donating step (interleaved) and its first loss.
+
+  Every step gets its own copy of ``params`` (they are donated) and is compiled and
+  warmed up by a first call, whose loss is returned for the agreement check.
+  """
+  state = {k: jax.tree.map(jnp.copy, params) for k in steps}
+  losses = {}
+  for k, step in steps.items():
+    state[k], loss_value = step(state[k], *batch)
+    losses[k] = float(loss_value)
+
+  def thunk(k):
+    def run():
+      state[k], loss_value = steps[k](state[k], *batch)
+      return loss_value
+    return run
+
+  samples = interleaved_samples([thunk(k) for k in steps], repeats=repeats, iters=iters)
+  return dict(zip(steps, samples)), losses
+
+
+def losses_agree(losses: dict[str, float], reference: str, rtol: float = 1e-5) -> bool:
+  """Whether every loss is within ``rtol`` (relative, at least absolute) of the reference's."""
+  ref = losses[reference]
+  return all(abs(v - ref) <= rtol * max(1.0, abs(ref)) for v in losses.values())
 
 
 def compile_seconds_and_memory(make_fn: Callable[[], Callable], args: tuple) -> tuple[float, int]:

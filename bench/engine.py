@@ -41,8 +41,9 @@ import jax.numpy as jnp
 import handgrad as hg
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import (compile_seconds_and_memory, interleaved_samples,  # noqa: E402
-                     markdown_table, paired_ratio, write_section)
+from _common import (compile_seconds_and_memory, losses_agree,  # noqa: E402
+                     markdown_table, paired_ratio, sgd_step_factory, time_training_steps,
+                     write_section)
 
 LR = 0.01
 
@@ -103,19 +104,9 @@ def transformer_loss(params, x, target, heads=4):
 
 # --- steps ----------------------------------------------------------------------------
 
-def make_step(loss, grad_fn):
-  """A factory of fresh jitted steps (a new function object each time, so that JAX's
-  tracing and compilation caches cannot hide the trace+compile cost)."""
-  def make():
-    def step(params, *batch):
-      loss_value, grads = grad_fn(loss)(params, *batch)
-      return jax.tree.map(lambda p, g: p - LR * g, params, grads), loss_value
-    return jax.jit(step, donate_argnums=0)
-  return make
-
-
 def bench_case(name, loss, params, batch, *, repeats, iters):
-  makers = {"hand": make_step(loss, hg.value_and_grad), "jax": make_step(loss, jax.value_and_grad)}
+  makers = {"hand": sgd_step_factory(loss, hg.value_and_grad, LR),
+            "jax": sgd_step_factory(loss, jax.value_and_grad, LR)}
   # Trace+compile time and memory of fresh jit objects, interleaved over 3 rounds.
   compile_s = {k: [] for k in makers}
   temp = {}
@@ -125,23 +116,10 @@ def bench_case(name, loss, params, batch, *, repeats, iters):
       compile_s[k].append(s)
   compile_med = {k: sorted(v)[1] for k, v in compile_s.items()}
 
-  # Separate copies of the parameters, since the steps donate them.
-  state = {k: jax.tree.map(jnp.copy, params) for k in makers}
-  fns = {k: make() for k, make in makers.items()}
-  losses = {}
-  for k in makers:  # compile + warm up; the first losses must agree
-    state[k], losses[k] = fns[k](state[k], *batch)
-
-  def thunk(k):
-    def run():
-      state[k], loss_value = fns[k](state[k], *batch)
-      return loss_value
-    return run
-
-  s_hand, s_jax = interleaved_samples([thunk("hand"), thunk("jax")], repeats=repeats,
-                                      iters=iters)
+  samples, losses = time_training_steps({k: make() for k, make in makers.items()}, params,
+                                        batch, repeats=repeats, iters=iters)
+  s_hand, s_jax = samples["hand"], samples["jax"]
   t_hand, t_jax = statistics.median(s_hand), statistics.median(s_jax)
-  agree = abs(float(losses["hand"]) - float(losses["jax"])) <= 1e-5 * max(1.0, abs(float(losses["jax"])))
   return {
       "case": name,
       "hand ms": f"{t_hand * 1e3:.3f}", "jax ms": f"{t_jax * 1e3:.3f}",
@@ -150,7 +128,8 @@ def bench_case(name, loss, params, batch, *, repeats, iters):
       "memory ratio": f"{temp['hand'] / max(temp['jax'], 1):.3f}",
       "compile s hand/jax": f"{compile_med['hand']:.2f} / {compile_med['jax']:.2f}",
       "compile ratio": f"{compile_med['hand'] / compile_med['jax']:.2f}",
-      "loss agrees": "yes" if agree else f"NO ({float(losses['hand'])} vs {float(losses['jax'])})",
+      "loss agrees": ("yes" if losses_agree(losses, "jax")
+                      else f"NO ({losses['hand']} vs {losses['jax']})"),
   }
 
 

@@ -17,6 +17,7 @@ jax.grad's when the body's residuals outweigh its carry; its time between the tw
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import pathlib
 import statistics
@@ -28,8 +29,9 @@ import jax.numpy as jnp
 import handgrad as hg
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import (compile_seconds_and_memory, interleaved_samples,  # noqa: E402
-                     markdown_table, paired_ratio, write_section)
+from _common import (compile_seconds_and_memory, losses_agree,  # noqa: E402
+                     markdown_table, paired_ratio, sgd_step_factory, time_training_steps,
+                     write_section)
 
 LR = 0.01
 
@@ -55,40 +57,18 @@ def rnn_loss(params, xs, labels, checkpoint_body=False):
   return hg.ops.softmax_cross_entropy(logits, labels)
 
 
-def make_step(grad_fn, checkpoint_body):
-  def make():
-    def step(params, xs, labels):
-      loss, grads = grad_fn(rnn_loss)(params, xs, labels, checkpoint_body)
-      return jax.tree.map(lambda p, g: p - LR * g, params, grads), loss
-    return jax.jit(step, donate_argnums=0)
-  return make
-
-
 VARIANTS = {"hand": (hg.value_and_grad, False), "jax": (jax.value_and_grad, False),
             "jax+ckpt": (jax.value_and_grad, True)}
 
 
 def bench_case(name, params, batch, *, repeats, iters):
-  makers = {k: make_step(*v) for k, v in VARIANTS.items()}
+  makers = {k: sgd_step_factory(functools.partial(rnn_loss, checkpoint_body=ckpt), grad_fn, LR)
+            for k, (grad_fn, ckpt) in VARIANTS.items()}
   temp, compile_s = {}, {}
   for k, make in makers.items():
     compile_s[k], temp[k] = compile_seconds_and_memory(make, (params, *batch))
-  state = {k: jax.tree.map(jnp.copy, params) for k in makers}
-  fns = {k: make() for k, make in makers.items()}
-  losses = {}
-  for k in makers:
-    state[k], losses[k] = fns[k](state[k], *batch)
-
-  def thunk(k):
-    def run():
-      state[k], loss = fns[k](state[k], *batch)
-      return loss
-    return run
-
-  samples = dict(zip(makers, interleaved_samples([thunk(k) for k in makers],
-                                                 repeats=repeats, iters=iters)))
-  ref = float(losses["jax"])
-  agree = all(abs(float(v) - ref) <= 1e-5 * max(1.0, abs(ref)) for v in losses.values())
+  samples, losses = time_training_steps({k: make() for k, make in makers.items()}, params,
+                                        batch, repeats=repeats, iters=iters)
   mib = {k: v / 2**20 for k, v in temp.items()}
   return {
       "case": name,
@@ -100,7 +80,7 @@ def bench_case(name, params, batch, *, repeats, iters):
       "memory hand/jax": f"{temp['hand'] / max(temp['jax'], 1):.3f}",
       "memory hand/jax+ckpt": f"{temp['hand'] / max(temp['jax+ckpt'], 1):.3f}",
       "compile hand/jax": f"{compile_s['hand'] / compile_s['jax']:.2f}",
-      "loss agrees": "yes" if agree else f"NO ({ {k: float(v) for k, v in losses.items()} })",
+      "loss agrees": "yes" if losses_agree(losses, "jax") else f"NO ({losses})",
   }
 
 
