@@ -27,6 +27,7 @@ import optax
 import handgrad as hg
 import handgrad.data
 import handgrad.nn
+import handgrad.train
 
 
 def seed_cube_example() -> None:
@@ -65,20 +66,16 @@ def main(argv=None) -> None:
   probe = jnp.asarray(train.x[:512]), jnp.asarray(train.y[:512])  # fixed batch for spectra
   loss_fn = lambda p, x, y: hg.ops.softmax_cross_entropy(hg.nn.mlp.apply(p, x), y)
   opt = optax.sgd(0.1)
-  opt_state = opt.init(params)
-
-  @jax.jit
-  def step(params, opt_state, x, y):
-    loss, grads = hg.value_and_grad(loss_fn)(params, x, y)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  state = hg.train.TrainState.create(params, opt, key=0)
+  train_step = hg.train.make_train_step(lambda p, batch, key: loss_fn(p, *batch), opt,
+                                        has_aux=False)
 
   history = []
   batches = hg.data.batches(train, 64, key=jax.random.key(1))
   t0 = time.perf_counter()
   for i in range(steps + 1):
     if i % every == 0:
-      spectrum = hg.top_hessian_eigenvalues(lambda p: loss_fn(p, *probe), params, k=args.top,
+      spectrum = hg.top_hessian_eigenvalues(lambda p: loss_fn(p, *probe), state.params, k=args.top,
                                              iterations=lanczos, seed=i)
       history.append((i, spectrum.eigenvalues))
       print(f"step {i:5d}  top Hessian eigenvalues {np.array2string(spectrum.eigenvalues, precision=3)}"
@@ -90,7 +87,7 @@ def main(argv=None) -> None:
     except StopIteration:
       batches = hg.data.batches(train, 64, key=jax.random.key(i))
       b = next(batches)
-    params, opt_state, _ = step(params, opt_state, jnp.asarray(b.x), jnp.asarray(b.y))
+    state, _ = train_step(state, (jnp.asarray(b.x), jnp.asarray(b.y)))
   print(f"{steps} steps in {time.perf_counter() - t0:.1f} s")
 
   import matplotlib

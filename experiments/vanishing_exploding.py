@@ -26,6 +26,7 @@ import optax
 import handgrad as hg
 import handgrad.inspect as hgi
 import handgrad.nn  # noqa: F401
+import handgrad.train  # noqa: F401
 
 
 def family(name: str, depth: int, key):
@@ -84,22 +85,17 @@ def exploding(x, y, steps: int) -> None:
                                                         max_grad_norm=1.0, patience=3),
   }
   for name, opt in runs.items():
-    p, state = params, opt.init(params)
-
-    @jax.jit
-    def step(p, state, x, y):
-      l, g = hg.value_and_grad(loss)(p, x, y)
-      updates, state = opt.update(g, state, p)
-      return optax.apply_updates(p, updates), state, l
-
+    state = hg.train.TrainState.create(params, opt, key=0)
+    step = hg.train.make_train_step(lambda p, batch, key: loss(p, *batch), opt, has_aux=False)
     losses = []
     for _ in range(steps):
-      p, state, l = step(p, state, x, y)
-      losses.append(float(l))
+      state, metrics = step(state, (x, y))
+      losses.append(float(metrics["loss"]))
     extra = ""
-    if isinstance(state, hgi.SafeOptimizerState):
-      extra = f", final lr {float(state.learning_rate):.4f}, explosions in a row {int(state.explosion_count)}"
-    finite = all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(p))
+    if isinstance(state.opt_state, hgi.SafeOptimizerState):
+      extra = (f", final lr {float(state.opt_state.learning_rate):.4f}, "
+               f"explosions in a row {int(state.opt_state.explosion_count)}")
+    finite = all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
     print(f"  {name:30s} loss {losses[0]:.3f} → {losses[-1]:.3f}, params finite: {finite}{extra}")
 
 
