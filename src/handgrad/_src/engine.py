@@ -246,6 +246,19 @@ def _instantiate(cts, avals):
   return [zeros(a) if ct is None else ct for ct, a in zip(cts, avals)]
 
 
+def _active_only(cts, avals, mask) -> list:
+  """The cotangents where ``mask`` is set, zeros for missing ones: the fixed structure
+  a ``lax.switch`` branch or a ``lax.scan`` body must return."""
+  return _instantiate([ct for ct, m in zip(cts, mask) if m], [a for a, m in zip(avals, mask) if m])
+
+
+def _spread(values, mask) -> list:
+  """The inverse of :func:`_active_only`'s selection: ``values`` back at the set
+  positions of ``mask``, ``None`` (no blame) elsewhere."""
+  it = iter(values)
+  return [next(it) if m else None for m in mask]
+
+
 def _apply(frame: Frame, i: int, eqn, cts: list, in_active: list) -> list:
   name = eqn.primitive.name
   args = [_read(frame.env, v) for v in eqn.invars]
@@ -464,14 +477,11 @@ def _cond_backward(eqn, child, args, cts, in_active):
   def branch_vjp(closed):
     def run(ops, cts):
       _, frame = forward(closed.jaxpr, closed.consts, ops, act)
-      cts_in = backward(frame, cts)
-      return [zeros(v.aval) if ct is None else ct
-              for ct, v, a in zip(cts_in, closed.jaxpr.invars, act) if a]
+      return _active_only(backward(frame, cts), [v.aval for v in closed.jaxpr.invars], act)
     return run
 
-  active_cts = iter(lax.switch(index, [branch_vjp(b) for b in eqn.params["branches"]],
-                               operands, cts))
-  return [None] + [next(active_cts) if a else None for a in act]
+  active_cts = lax.switch(index, [branch_vjp(b) for b in eqn.params["branches"]], operands, cts)
+  return [None, *_spread(active_cts, act)]
 
 
 def _active_outputs(jaxpr, active_in) -> list[bool]:
@@ -555,32 +565,24 @@ def _scan_backward(eqn, carries, args, cts, in_active):
   consts_a, carry_a, xs_a = (body_active[:nc], body_active[nc:nc + ncarry],
                              body_active[nc + ncarry:])
   ct_carry, ct_ys = cts[:ncarry], cts[ncarry:]
-  carry_avals = [v.aval for v in invars[nc:nc + ncarry]]
+  avals = [v.aval for v in invars]
+  consts_avals, carry_avals, xs_avals = avals[:nc], avals[nc:nc + ncarry], avals[nc + ncarry:]
   # Only active carries and constants have cotangents in the loop state; ys cotangents
   # that never arrived are not stacked at all.
-  ct_carry0 = [zeros(av) if ct is None else ct
-               for ct, av, a in zip(ct_carry, carry_avals, carry_a) if a]
-  ct_consts0 = [zeros(v.aval) for v, a in zip(invars[:nc], consts_a) if a]
+  ct_carry0 = _active_only(ct_carry, carry_avals, carry_a)
+  ct_consts0 = _active_only([None] * nc, consts_avals, consts_a)
   present = [ct is not None for ct in ct_ys]
   ct_ys_given = [ct for ct in ct_ys if ct is not None]
-
-  def spread(values, mask):
-    it = iter(values)
-    return [next(it) if m else None for m in mask]
 
   def step(state, inp):
     ct_k, ct_c = state
     carry, x, ct_y = inp
     _, frame = forward(body.jaxpr, body.consts, [*consts, *carry, *x], body_active)
-    cts_in = backward(frame, [*spread(ct_c, carry_a), *spread(ct_y, present)])
+    cts_in = backward(frame, [*_spread(ct_c, carry_a), *_spread(ct_y, present)])
     ct_k_in = [ct for ct, a in zip(cts_in[:nc], consts_a) if a]
-    ct_c_in = [ct for ct, a in zip(cts_in[nc:nc + ncarry], carry_a) if a]
-    ct_x_in = [ct for ct, a in zip(cts_in[nc + ncarry:], xs_a) if a]
     new_ct_k = [acc if ct is None else acc + ct for acc, ct in zip(ct_k, ct_k_in)]
-    new_ct_c = [jnp.zeros_like(prev) if ct is None else ct for prev, ct in zip(ct_c, ct_c_in)]
-    x_avals = [v.aval for v, a in zip(invars[nc + ncarry:], xs_a) if a]
-    ct_x = [zeros(av) if ct is None else ct for ct, av in zip(ct_x_in, x_avals)]
-    return (new_ct_k, new_ct_c), ct_x
+    new_ct_c = _active_only(cts_in[nc:nc + ncarry], carry_avals, carry_a)
+    return (new_ct_k, new_ct_c), _active_only(cts_in[nc + ncarry:], xs_avals, xs_a)
 
   # The loop state lists the constants' cotangents before the carry's, the order of
   # jax's own scan transpose: with the other order XLA:CPU's default scheduler ran the
@@ -590,8 +592,8 @@ def _scan_backward(eqn, carries, args, cts, in_active):
         step, (ct_consts0, ct_carry0), (carries, list(xs), ct_ys_given),
         length=p["length"], reverse=not p["reverse"], unroll=p["unroll"])
   ct_init = [ct if a else None for ct, a in
-             zip(spread(ct_init, carry_a), in_active[nc:nc + ncarry])]
-  return [*spread(ct_consts, consts_a), *ct_init, *spread(ct_xs, xs_a)]
+             zip(_spread(ct_init, carry_a), in_active[nc:nc + ncarry])]
+  return [*_spread(ct_consts, consts_a), *ct_init, *_spread(ct_xs, xs_a)]
 
 
 _NESTED_FORWARD: dict[str, Callable] = {
