@@ -527,7 +527,9 @@ def _table() -> list[RuleSpec]:
 
 @functools.lru_cache(maxsize=None)
 def _specs() -> tuple[RuleSpec, ...]:
-  return tuple(_table())
+  # Imported here: the family tables import this module's RuleSpec and samplers.
+  from handgrad._src.spec_tables import family_tables
+  return tuple(_table()) + tuple(family_tables())
 
 
 def all_specs() -> list[RuleSpec]:

@@ -1,9 +1,13 @@
-"""Importing this package registers every built-in rule, one module per family."""
+"""Importing this package registers every built-in rule, one module per family.
 
-from handgrad._src.rules import arithmetic  # noqa: F401
-from handgrad._src.rules import indexing  # noqa: F401
-from handgrad._src.rules import layers  # noqa: F401
-from handgrad._src.rules import linalg  # noqa: F401
-from handgrad._src.rules import reductions  # noqa: F401
-from handgrad._src.rules import structural  # noqa: F401
-from handgrad._src.rules import transcendental  # noqa: F401
+Every module of this package (``arithmetic``, ``conv``, ``linalg``, ...) is imported in
+name order; a module registers its rules with :func:`handgrad._src.registry.defvjp`
+when it is imported.  Modules whose name starts with ``_`` hold shared helpers only.
+"""
+
+import importlib
+import pkgutil
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+  if not _module.startswith("_"):
+    importlib.import_module(f"{__name__}.{_module}")

@@ -1,0 +1,25 @@
+"""The one place that touches JAX internals and walks jaxprs.
+
+Everything else in handgrad reads equations, nested jaxprs, source lines and
+per-release differences through the functions here, so a new JAX release is met in
+this module alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def unwrap(jaxpr: Any):
+  """The open jaxpr of a ``ClosedJaxpr`` (or the jaxpr itself)."""
+  return getattr(jaxpr, "jaxpr", jaxpr)
+
+
+def primitive_names(jaxpr: Any) -> list[str]:
+  """The primitive names of ``jaxpr``'s equations, in order (nested jaxprs not entered).
+
+  Rules whose primitive carries a body (``reduce_window``'s ``jaxpr``, ``scatter``'s
+  ``update_jaxpr``, variadic ``reduce``'s ``computation``) read it with this to tell a
+  sum, a max or a plain overwrite from anything else, and raise on anything else.
+  """
+  return [eqn.primitive.name for eqn in unwrap(jaxpr).eqns]
