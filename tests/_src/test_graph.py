@@ -1,6 +1,6 @@
 """Computation-graph pictures: structure, backward norms against jax.grad, rendering."""
 
-import shutil
+import os
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ import pytest
 import handgrad as hg
 import handgrad.nn
 from handgrad._src import graph as graph_lib
+from handgrad._src import render
 
 
 def mlp_setup(dims=(20, 16, 8, 4), activation="relu"):
@@ -83,19 +84,86 @@ def test_vanishing_edges_are_coloured():
   assert first.cotangent_norm < 1e-5  # the seed's vanishing gradient through sigmoid layers
 
 
-def test_save_renders_with_graphviz_or_explains(tmp_path, monkeypatch, capsys):
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+  """Width and height from a PNG's IHDR chunk (right after the signature)."""
+  assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+  return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.fixture(scope="module")
+def graph():
   loss, params, x, y = mlp_setup()
-  g = graph_lib.make_graph(loss, params, x, y)
-  if shutil.which("dot"):
-    written = g.save(tmp_path / "graph", format="png")
-    assert [p.suffix for p in written] == [".dot", ".png"]
-    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    svg = g.save(tmp_path / "graph2", format="svg")[1].read_text()
-    assert "layers/1" in svg and "softmax_cross_entropy" in svg
-  monkeypatch.setattr(graph_lib.shutil, "which", lambda name: None)
-  written = g.save(tmp_path / "nodot")
-  assert [p.suffix for p in written] == [".dot"]
-  assert "dot -Tpng" in capsys.readouterr().out
+  return graph_lib.make_graph(loss, params, x, y)
+
+
+def fake_dot(tmp_path, monkeypatch, script: str):
+  """Puts an executable ``dot`` running ``script`` first on PATH."""
+  folder = tmp_path / "fakebin"
+  folder.mkdir()
+  exe = folder / "dot"
+  exe.write_text("#!/bin/sh\n" + script + "\n")
+  exe.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+  return exe
+
+
+def test_save_renders_png_and_svg_with_graphviz_pure(tmp_path, graph):
+  # Forced even where Graphviz's dot exists: the pip-installed renderer must work alone.
+  written = graph.save(tmp_path / "graph", format="png", renderer="graphviz-pure")
+  assert written == [tmp_path / "graph.dot", tmp_path / "graph.png"]
+  assert written[0].read_text() == graph.to_dot()
+  data = written[1].read_bytes()
+  assert data[:8] == PNG_SIGNATURE
+  width, height = png_size(data)
+  assert width > 300 and height > 500  # a picture of 13 nodes, not an empty canvas
+  assert len(data) > 20_000
+  svg = graph.save(tmp_path / "graph2.svg", format="svg", renderer="graphviz-pure")[1]
+  assert svg == tmp_path / "graph2.svg"
+  text = svg.read_text()
+  assert "<svg" in text and "layers/1" in text and "softmax_cross_entropy" in text
+  assert "‖∂L‖" in text  # the backward norms' labels survive rendering
+
+
+def test_repr_svg_for_notebooks(graph):
+  svg = graph._repr_svg_()
+  assert isinstance(svg, str) and "<svg" in svg and "layers/0" in svg
+
+
+def test_auto_prefers_system_dot_and_quotes_its_failure(tmp_path, monkeypatch, graph):
+  fake_dot(tmp_path, monkeypatch, 'echo "Warning: something minor" >&2\n'
+                                  'echo "Error: <stdin>: fake dot broke" >&2; exit 3')
+  assert render.find_renderer()[0] == "dot"
+  with pytest.raises(graph_lib.RenderError) as info:
+    graph.save(tmp_path / "g", format="png")
+  assert str(info.value) == (f"cannot render {tmp_path / 'g.dot'} as png: dot exited with "
+                             f"status 3: Error: <stdin>: fake dot broke")
+  assert (tmp_path / "g.dot").exists() and not (tmp_path / "g.png").exists()
+  # Forcing the pure renderer bypasses the (broken) system dot.
+  assert render.find_renderer("graphviz-pure")[0] == "graphviz-pure"
+
+
+def test_graphviz_pure_error_is_one_line_with_its_message():
+  with pytest.raises(render.RenderError, match=r"^cannot render <graph> as png: "
+                                               r"graphviz-pure exited with status 1: "
+                                               r"Error: .*syntax error") as info:
+    render.render("digraph { a -> }", "png", renderer="graphviz-pure")
+  assert "\n" not in str(info.value)
+
+
+def test_no_renderer_and_unsupported_choices(tmp_path, monkeypatch, graph):
+  monkeypatch.setattr(render.shutil, "which", lambda name, path=None: None)
+  with pytest.raises(render.RenderError, match="^cannot render the graph: neither Graphviz's "
+                                               "`dot` nor `graphviz-pure` is installed"):
+    graph.save(tmp_path / "g")
+  with pytest.raises(render.RenderError, match="`dot` is not installed"):
+    render.find_renderer("dot")
+  with pytest.raises(ValueError, match="format must be one of png, svg, got 'pdf'"):
+    graph.save(tmp_path / "g", format="pdf")
+  with pytest.raises(ValueError, match="renderer must be one of auto, dot, graphviz-pure"):
+    render.find_renderer("neato")
 
 
 def test_backward_graph_needs_scalar_output():
@@ -105,7 +173,28 @@ def test_backward_graph_needs_scalar_output():
 
 def test_cli_graph_command(tmp_path, capsys):
   from handgrad.cli import main
-  assert main(["graph", "--out", str(tmp_path / "g"), "--layers", "784,32,10", "--batch", "8"]) == 0
+  args = ["graph", "--layers", "784,32,10", "--batch", "8"]
+  assert main(args + ["--out", str(tmp_path / "g")]) == 0
   assert (tmp_path / "g.dot").exists()
+  assert (tmp_path / "g.png").read_bytes()[:8] == PNG_SIGNATURE
+  assert f"wrote {tmp_path / 'g.png'}" in capsys.readouterr().out
+  assert main(args + ["--out", str(tmp_path / "s"), "--format", "svg",
+                      "--renderer", "graphviz-pure"]) == 0
+  assert "<svg" in (tmp_path / "s.svg").read_text()
   assert main(["graph", "--layers", "784,x"]) == 2
   assert "--layers" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    main(["graph", "--format", "pdf"])
+  assert exit_info.value.code == 2
+  assert "invalid choice: 'pdf' (choose from 'png', 'svg')" in capsys.readouterr().err
+
+
+def test_cli_graph_render_failure_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys):
+  from handgrad.cli import main
+  fake_dot(tmp_path, monkeypatch, 'echo "Error: fake dot broke" >&2; exit 1')
+  code = main(["graph", "--layers", "784,32,10", "--batch", "8", "--no-backward",
+               "--out", str(tmp_path / "g"), "--renderer", "dot"])
+  assert code == 1
+  err = capsys.readouterr().err
+  assert err == (f"handgrad graph: error: cannot render {tmp_path / 'g.dot'} as png: dot "
+                 f"exited with status 1: Error: fake dot broke\n")

@@ -8,8 +8,10 @@ layer-level operation (``hg.dense``, ``hg.softmax_cross_entropy``, ...) and ever
 and coloured by the norm of the cotangent flowing back along it, so the picture shows
 where the gradient vanishes (blue) or explodes (red).
 
-``ComputationGraph.save("graph")`` writes ``graph.dot`` and, when Graphviz's ``dot`` is
-installed, renders ``graph.png`` (or ``.svg``); otherwise it says how to render it.
+``ComputationGraph.save("graph")`` writes ``graph.dot`` and renders ``graph.png`` (or
+``.svg``) with Graphviz's ``dot`` when it is installed, else with ``graphviz-pure`` (a
+self-contained port of ``dot`` that pip installs with handgrad).  In a notebook a
+``ComputationGraph`` shows itself as SVG.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import dataclasses
 import inspect
 import math
 import pathlib
-import shutil
-import subprocess
 from typing import Any, Callable, Sequence
 
 import jax
@@ -31,6 +31,9 @@ from handgrad._src import api
 from handgrad._src import engine
 from handgrad._src import layer_ops
 from handgrad._src.nn.base import path_str
+from handgrad._src.render import RenderError  # noqa: F401  (raised by save, _repr_svg_)
+from handgrad._src.render import check_format
+from handgrad._src.render import render
 
 VANISHING = 1e-7
 EXPLODING = 100.0
@@ -89,28 +92,28 @@ class ComputationGraph:
     return "\n".join(lines) + "\n"
 
   def save(self, path: str | pathlib.Path, *, format: str = "png",
-           show_members: bool = False) -> list[pathlib.Path]:
-    """Writes ``path.dot`` and renders ``path.<format>`` when ``dot`` is installed.
+           show_members: bool = False, renderer: str = "auto") -> list[pathlib.Path]:
+    """Writes ``path.dot`` and renders it to ``path.<format>`` (``png`` or ``svg``).
 
-    Returns the files written.  Without Graphviz, prints how to render the DOT file.
+    ``renderer`` is ``"auto"`` (Graphviz's ``dot`` when installed, else
+    ``graphviz-pure``), ``"dot"`` or ``"graphviz-pure"``.  Returns the two files
+    written.  Raises :class:`RenderError` (one line quoting the renderer) when no
+    renderer is found or it fails; the ``.dot`` file is written first either way.
     """
+    check_format(format)
     base = pathlib.Path(path)
     base = base.with_suffix("") if base.suffix in (".dot", ".png", ".svg", ".pdf") else base
     base.parent.mkdir(parents=True, exist_ok=True)
     dot_path = base.with_suffix(".dot")
-    dot_path.write_text(self.to_dot(show_members=show_members))
-    written = [dot_path]
-    exe = shutil.which("dot")
-    if exe is None:
-      print(f"wrote {dot_path}; Graphviz's `dot` is not installed, so no picture was "
-            f"rendered. Install Graphviz (e.g. `apt-get install graphviz`) and run: "
-            f"dot -T{format} {dot_path} -o {base.with_suffix('.' + format)}")
-      return written
+    source = self.to_dot(show_members=show_members)
+    dot_path.write_text(source)
     out = base.with_suffix("." + format)
-    subprocess.run([exe, f"-T{format}", str(dot_path), "-o", str(out)], check=True,
-                   capture_output=True)
-    written.append(out)
-    return written
+    out.write_bytes(render(source, format, renderer=renderer, name=str(dot_path)))
+    return [dot_path, out]
+
+  def _repr_svg_(self) -> str:
+    """The picture as SVG, for notebooks (IPython's rich display)."""
+    return render(self.to_dot(), "svg").decode("utf-8")
 
 
 def _escape(s: str) -> str:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
+
+from handgrad._src.render import FORMATS
+from handgrad._src.render import RENDERERS
+from handgrad._src.render import RenderError
 
 
 def add_parser(sub) -> None:
-  p = sub.add_parser("graph", help="draw the seed MLP's computation graph (Graphviz)",
+  p = sub.add_parser("graph", help="draw the seed MLP's computation graph (PNG or SVG)",
                      description=__doc__)
   p.add_argument("--out", default="runs/graph/mlp_graph",
-                 help="output path without extension (default: runs/graph/mlp_graph)")
-  p.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
+                 help="output path without extension; writes OUT.dot and OUT.FORMAT "
+                      "(default: runs/graph/mlp_graph)")
+  p.add_argument("--format", choices=FORMATS, default="png",
+                 help="picture format (default: png)")
+  p.add_argument("--renderer", choices=RENDERERS, default="auto",
+                 help="auto: Graphviz's dot when installed, else graphviz-pure (installed "
+                      "with handgrad); default: auto")
   p.add_argument("--layers", default="784,256,128,10", help="MLP layer sizes")
   p.add_argument("--batch", type=int, default=32, help="MNIST digits in the example batch")
   p.add_argument("--expand", action="store_true",
@@ -46,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
   graph = make_graph(loss, params, x, y, backward=not args.no_backward,
                      collapse=not args.expand)
-  written = graph.save(pathlib.Path(args.out), format=args.format)
+  try:
+    written = graph.save(pathlib.Path(args.out), format=args.format, renderer=args.renderer)
+  except RenderError as e:
+    print(f"handgrad graph: error: {e}", file=sys.stderr)
+    return 1
   for path in written:
     print(f"wrote {path}")
   return 0
