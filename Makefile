@@ -1,6 +1,9 @@
 # Everything runs from a virtual environment this Makefile creates (.venv).
+# Another interpreter, in its own environment: make test PYTHON=python3.12 VENV=.venv312
+# A part of the suite: make test TESTS=tests/data
 PYTHON ?= python3
 VENV   ?= .venv
+TESTS  ?=
 BIN    := $(VENV)/bin
 
 .PHONY: setup train check test bench clean
@@ -22,7 +25,8 @@ check: setup
 	$(BIN)/handgrad check
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2
+	@$(BIN)/python -c "import sys, jax, jaxlib; print(f'python {sys.version.split()[0]}, jax {jax.__version__}, jaxlib {jaxlib.__version__} ($(VENV))')"
+	$(BIN)/python -m pytest -q -n 2 $(TESTS)
 
 bench: setup
 	$(BIN)/python bench/engine.py
@@ -31,4 +35,4 @@ bench: setup
 	$(BIN)/python bench/scan.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf .venv .venv312 $(VENV) runs .pytest_cache
