@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from handgrad._src.nn.base import param_paths
 
@@ -40,11 +41,16 @@ def sq_norm(x: Array) -> Array:
 
 
 def l2_norm(xs) -> Array:
-  """The L2 norm of a list of arrays taken together, a float32 scalar (0 for none)."""
-  xs = [x for x in xs if x is not None]
+  """The L2 norm of a list of arrays taken together, a float32 scalar (0 for none).
+
+  ``optax.tree.norm`` of the arrays, each first upcast to at least float32: optax sums
+  the squares in the leaves' own dtype, where float16 overflows past 65504 (a norm of
+  256) and bfloat16 keeps 8 bits of mantissa.
+  """
+  xs = [upcast(jnp.asarray(x)) for x in xs if x is not None]
   if not xs:
     return jnp.zeros((), jnp.float32)
-  return jnp.sqrt(sum(sq_norm(x) for x in xs))
+  return optax.tree.norm(xs)
 
 
 def path_key(path: str) -> tuple:

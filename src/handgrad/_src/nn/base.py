@@ -39,21 +39,13 @@ class Layer(NamedTuple):
 
 # --- parameter paths -----------------------------------------------------------------
 
-def _key_name(k) -> str:
-  if isinstance(k, jax.tree_util.DictKey):
-    return str(k.key)
-  if isinstance(k, jax.tree_util.SequenceKey):
-    return str(k.idx)
-  if isinstance(k, jax.tree_util.GetAttrKey):
-    return k.name
-  if isinstance(k, jax.tree_util.FlattenedIndexKey):
-    return str(k.key)
-  return str(k)
-
-
 def path_str(keypath: Sequence[Any]) -> str:
-  """``(DictKey('layers'), SequenceKey(0), DictKey('W'))`` -> ``"layers/0/W"``."""
-  return "/".join(_key_name(k) for k in keypath)
+  """``(DictKey('layers'), SequenceKey(0), DictKey('W'))`` -> ``"layers/0/W"``.
+
+  JAX's own ``keystr`` in its simple form: each key's name (dict key, sequence index,
+  attribute name) joined by ``/``; the empty path is ``""``.
+  """
+  return jax.tree_util.keystr(tuple(keypath), simple=True, separator="/")
 
 
 def param_paths(params: Any) -> list[tuple[str, Array]]:
