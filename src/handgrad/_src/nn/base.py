@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import math
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
@@ -32,9 +33,52 @@ Array = jax.Array
 
 
 class Layer(NamedTuple):
-  """A pure-function layer: ``params = init(*dims, key=key)``, ``y = apply(params, x)``."""
+  """A pure-function layer: ``params = init(*dims, key=key)``, ``y = apply(params, x)``.
+
+  Build one with :meth:`Layer.named` so that its functions carry the layer's public
+  name: ``print(hg.nn.mlp)`` shows ``mlp.init(...)`` and a missing argument reads
+  ``mlp.init() missing 1 required keyword-only argument: 'key'``.
+  """
   init: Callable[..., Params]
   apply: Callable[..., Any]
+
+  @classmethod
+  def named(cls, name: str, init: Callable[..., Params], apply: Callable[..., Any]
+            ) -> "Layer":
+    """``Layer(init, apply)`` with the functions renamed ``name.init`` and ``name.apply``.
+
+    Python's repr, tracebacks and argument errors use a function's ``__qualname__``;
+    ``pickle`` resolves ``module.name.init`` to the same function.
+    """
+    for fn, part in ((init, "init"), (apply, "apply")):
+      fn.__name__ = part
+      fn.__qualname__ = f"{name}.{part}"
+    return cls(init, apply)
+
+  def __repr__(self) -> str:
+    return f"Layer(init={_signature(self.init)}, apply={_signature(self.apply)})"
+
+
+def _signature(fn: Callable) -> str:
+  """``mlp.init(layer_dims, *, key, init, activation, dtype)``: names without defaults."""
+  name = getattr(fn, "__qualname__", repr(fn))
+  try:
+    params = inspect.signature(fn).parameters.values()
+  except (TypeError, ValueError):
+    return name
+  parts, star = [], False
+  for p in params:
+    if p.kind is p.VAR_POSITIONAL:
+      parts.append(f"*{p.name}")
+      star = True
+    elif p.kind is p.VAR_KEYWORD:
+      parts.append(f"**{p.name}")
+    else:
+      if p.kind is p.KEYWORD_ONLY and not star:
+        parts.append("*")
+        star = True
+      parts.append(p.name)
+  return f"{name}({', '.join(parts)})"
 
 
 # --- parameter paths -----------------------------------------------------------------

@@ -80,7 +80,7 @@ def _dense_apply(params: Params, x: Array, *, path: str = "dense") -> Array:
     return ops.dense(x, W, b)
 
 
-dense = Layer(_dense_init, _dense_apply)
+dense = Layer.named("dense", _dense_init, _dense_apply)
 
 
 # --- activations ---------------------------------------------------------------------
@@ -184,4 +184,4 @@ def _layer_norm_apply(params: Params, x: Array, *, path: str = "layer_norm",
     return ops.layer_norm(x, gamma, beta, eps=float(eps))
 
 
-layer_norm = Layer(_layer_norm_init, _layer_norm_apply)
+layer_norm = Layer.named("layer_norm", _layer_norm_init, _layer_norm_apply)

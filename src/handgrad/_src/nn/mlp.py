@@ -63,7 +63,7 @@ def _mlp_apply(params: Params, x: Array, *, activation: Activation = "relu",
     return x
 
 
-mlp = Layer(_mlp_init, _mlp_apply)
+mlp = Layer.named("mlp", _mlp_init, _mlp_apply)
 
 
 # --- the seed's ResidualBlock --------------------------------------------------------
@@ -99,7 +99,7 @@ def _residual_block_apply(params: Params, x: Array, *, activation: Activation = 
     return act(out + x)
 
 
-residual_block = Layer(_residual_block_init, _residual_block_apply)
+residual_block = Layer.named("residual_block", _residual_block_init, _residual_block_apply)
 
 
 # --- residual MLP --------------------------------------------------------------------
@@ -141,4 +141,4 @@ def _residual_mlp_apply(params: Params, x: Array, *, activation: Activation = "r
                        path=join_path(path, "output"))
 
 
-residual_mlp = Layer(_residual_mlp_init, _residual_mlp_apply)
+residual_mlp = Layer.named("residual_mlp", _residual_mlp_init, _residual_mlp_apply)

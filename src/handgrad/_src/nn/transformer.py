@@ -86,7 +86,7 @@ def _mha_apply(params: Params, x: Array, *, num_heads: int, causal: bool = False
     return dense.apply(get_param(params, path, "o"), out, path=join_path(path, "o"))
 
 
-multi_head_attention = Layer(_mha_init, _mha_apply)
+multi_head_attention = Layer.named("multi_head_attention", _mha_init, _mha_apply)
 
 
 # --- feed-forward --------------------------------------------------------------------
@@ -109,7 +109,7 @@ def _ffn_apply(params: Params, x: Array, *, activation: Activation = "gelu",
     return dense.apply(get_param(params, path, "fc2"), h, path=join_path(path, "fc2"))
 
 
-feed_forward = Layer(_ffn_init, _ffn_apply)
+feed_forward = Layer.named("feed_forward", _ffn_init, _ffn_apply)
 
 
 # --- pre-norm transformer block ------------------------------------------------------
@@ -156,7 +156,7 @@ def _block_apply(params: Params, x: Array, *, num_heads: int, causal: bool = Fal
     return x
 
 
-transformer_block = Layer(_block_init, _block_apply)
+transformer_block = Layer.named("transformer_block", _block_init, _block_apply)
 
 
 # --- transformer classifier ----------------------------------------------------------
@@ -232,4 +232,4 @@ def _classifier_apply(params: Params, x: Array, *, num_heads: int = 4,
                        path=join_path(path, "head"))
 
 
-transformer_classifier = Layer(_classifier_init, _classifier_apply)
+transformer_classifier = Layer.named("transformer_classifier", _classifier_init, _classifier_apply)
