@@ -114,7 +114,7 @@ def test_save_renders_png_and_svg_with_graphviz_pure(tmp_path, graph):
   # Forced even where Graphviz's dot exists: the pip-installed renderer must work alone.
   written = graph.save(tmp_path / "graph", format="png", renderer="graphviz-pure")
   assert written == [tmp_path / "graph.dot", tmp_path / "graph.png"]
-  assert written[0].read_text() == graph.to_dot()
+  assert written[0].read_text(encoding="utf-8") == graph.to_dot()
   data = written[1].read_bytes()
   assert data[:8] == PNG_SIGNATURE
   width, height = png_size(data)
@@ -122,7 +122,7 @@ def test_save_renders_png_and_svg_with_graphviz_pure(tmp_path, graph):
   assert len(data) > 20_000
   svg = graph.save(tmp_path / "graph2.svg", format="svg", renderer="graphviz-pure")[1]
   assert svg == tmp_path / "graph2.svg"
-  text = svg.read_text()
+  text = svg.read_text(encoding="utf-8")
   assert "<svg" in text and "layers/1" in text and "softmax_cross_entropy" in text
   assert "‖∂L‖" in text  # the backward norms' labels survive rendering
 

@@ -106,7 +106,7 @@ class ComputationGraph:
     base.parent.mkdir(parents=True, exist_ok=True)
     dot_path = base.with_suffix(".dot")
     source = self.to_dot(show_members=show_members)
-    dot_path.write_text(source)
+    dot_path.write_text(source, encoding="utf-8")
     out = base.with_suffix("." + format)
     out.write_bytes(render(source, format, renderer=renderer, name=str(dot_path)))
     return [dot_path, out]
