@@ -9,19 +9,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax._src import source_info_util
-
 from handgrad._src import engine
+from handgrad._src import jaxpr as hj
+from handgrad._src.types import PyTree
 
-PyTree = Any
 
+class TracedProgram:
+  """A function traced to a jaxpr and run forward by the hand engine: the internal
+  traced-program API that ``vjp``/``grad`` and every inspection tool (backward
+  traces, zero-gradient reports, graphs) are built on.
 
-class Traced:
-  """A function traced to a jaxpr together with its forward record.
+  Attributes: ``frame`` (the engine's forward record; ``frame.jaxpr`` the traced
+  jaxpr, ``frame.invars`` its argument variables), ``in_tree``/``in_avals`` and
+  ``primals_flat`` (the flattened arguments), ``out_flat``/``out_avals`` and
+  ``aux_flat`` (the flattened outputs), ``out``/``aux`` (as pytrees).
 
-  ``raw_vjp(cts_flat)`` returns the input cotangents with ``None`` where no blame
-  arrived (the parameter was not in the computation graph); the public API turns those
-  into zeros.
+  ``raw_vjp(cts_flat)`` returns the flat input cotangents with ``None`` where no
+  blame arrived (the parameter was not in the computation graph); ``vjp(cts)``, the
+  public contract, turns those into zeros.  Observers attached with
+  ``engine.observe`` around ``raw_vjp`` see every differentiated equation.
   """
 
   def __init__(self, fun: Callable, primals: Sequence[Any], has_aux: bool):
@@ -64,9 +70,9 @@ class Traced:
     return jax.tree.unflatten(self.aux_tree, self.aux_flat)
 
   def raw_vjp(self, cts_flat: Sequence[Any]) -> list:
-    # Backward equations carry "transpose" in their name stack, as JAX's own do, so
-    # profiles and the saved-residuals report can tell them from the forward pass.
-    with source_info_util.transform_name_stack("transpose"):
+    # Backward equations are marked as such (as JAX marks its own), so profiles and
+    # the saved-residuals report can tell them from the forward pass.
+    with hj.backward_pass():
       return engine.backward(self.frame, [*cts_flat, *([None] * self.n_aux)])
 
   def vjp(self, cts: PyTree) -> tuple:
@@ -84,6 +90,10 @@ class Traced:
     return tuple(jax.tree.unflatten(self.in_tree, cts_in))
 
 
+#: The former name of :class:`TracedProgram`.
+Traced = TracedProgram
+
+
 def _zero_cotangent(aval):
   if engine.is_float(aval):
     return engine.zeros(aval)
@@ -97,7 +107,7 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False):
   Returns ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``; ``vjp_fn(ct)`` returns a tuple
   with one cotangent per primal (``float0`` zeros for integer and boolean primals).
   """
-  traced = Traced(fun, primals, has_aux)
+  traced = TracedProgram(fun, primals, has_aux)
   if has_aux:
     return traced.out, traced.vjp, traced.aux
   return traced.out, traced.vjp
@@ -136,7 +146,7 @@ def _check_scalar(out) -> None:
 
 
 def traced_for_argnums(fun: Callable, args: tuple, kwargs: dict, argnums,
-                       has_aux: bool) -> tuple[Traced, tuple[int, ...]]:
+                       has_aux: bool) -> tuple[TracedProgram, tuple[int, ...]]:
   nums = _argnums_tuple(argnums, len(args))
   dyn = tuple(args[n] for n in nums)
   _check_inexact(dyn)
@@ -147,7 +157,7 @@ def traced_for_argnums(fun: Callable, args: tuple, kwargs: dict, argnums,
       full[n] = a
     return fun(*full, **kwargs)
 
-  return Traced(partial_fun, dyn, has_aux), nums
+  return TracedProgram(partial_fun, dyn, has_aux), nums
 
 
 def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):

@@ -25,10 +25,10 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex
 
 from handgrad._src import api
 from handgrad._src import engine
+from handgrad._src import jaxpr as hj
 from handgrad._src import layer_ops
 from handgrad._src.nn.base import path_str
 from handgrad._src.render import RenderError  # noqa: F401  (raised by save, _repr_svg_)
@@ -141,20 +141,11 @@ def _shape_str(aval) -> str:
 
 def _scope(eqn) -> str:
   """The eqn's named-scope path ("layers/0"), without transforms such as jvp(...)."""
-  stack = getattr(eqn.source_info.name_stack, "stack", ())
-  names = [s.name for s in stack if type(s).__name__ == "Scope"]
-  return "/".join(names)
+  return "/".join(hj.scope_names(eqn))
 
 
 def _op_name(eqn) -> str:
-  if eqn.primitive.name == "jit":
-    inst = layer_ops.lookup_instance(eqn.params["name"])
-    return inst[0] if inst is not None else eqn.params["name"]
-  if eqn.primitive.name in ("custom_jvp_call", "custom_vjp_call"):
-    closed = eqn.params.get("call_jaxpr")
-    name = getattr(getattr(getattr(closed, "jaxpr", None), "debug_info", None), "func_name", None)
-    return name or eqn.primitive.name
-  return eqn.primitive.name
+  return hj.display_name(eqn)
 
 
 def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool = True,
@@ -193,7 +184,7 @@ def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool 
   current_key, current_id = None, None
   for i, eqn in enumerate(jaxpr.eqns):
     scope = _scope(eqn)
-    is_layer = eqn.primitive.name == "jit" and layer_ops.lookup_instance(eqn.params["name"])
+    is_layer = hj.layer_op(eqn) is not None
     if collapse and scope:
       key = ("scope", scope)
     elif is_layer or not collapse:
@@ -229,7 +220,7 @@ def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool 
   uses: dict[int, list[tuple[int, int]]] = {}  # edge index -> [(eqn index, input index)]
   for i, (eqn, gid) in enumerate(zip(jaxpr.eqns, group_of_eqn)):
     for k, v in enumerate(eqn.invars):
-      if isinstance(v, jex.Literal) or v not in producer or producer[v] == gid:
+      if hj.is_literal(v) or v not in producer or producer[v] == gid:
         continue
       key = (producer[v], gid, v)
       if key not in edge_index:
@@ -237,7 +228,7 @@ def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool 
         edges.append(Edge(producer[v], gid, _shape_str(v.aval)))
       uses.setdefault(edge_index[key], []).append((i, k))
   for v, nid in zip(jaxpr.outvars, out_ids):
-    if not isinstance(v, jex.Literal) and v in producer:
+    if not hj.is_literal(v) and v in producer:
       edges.append(Edge(producer[v], nid, _shape_str(v.aval), 1.0 if backward else None))
 
   if backward:
@@ -251,7 +242,7 @@ def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool 
 
 
 def _layer_names() -> set[str]:
-  return {name for name, _ in layer_ops._INSTANCES.values()}
+  return layer_ops.rule_names()
 
 
 def _path_name(path, fun_args: Sequence[str]) -> str:

@@ -2,13 +2,428 @@
 
 Everything else in handgrad reads equations, nested jaxprs, source lines and
 per-release differences through the functions here, so a new JAX release is met in
-this module alone.
+this module alone.  Sections:
+
+* atoms and equations: literals, dropped outputs, reading an equation's inputs,
+  binding it, its source line and named scopes;
+* what an equation is: a layer-level op, a region evaluated inline (``jit``,
+  checkpoint), its nested jaxprs, whether it belongs to a backward pass;
+* walking: an interpreter loop shared by the engine and the inspection tools, and the
+  static questions they ask of a jaxpr (what depends on what, what is read);
+* per-release shims, each with the JAX release that needs it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src import source_info_util
+from jax.extend import core as jex
+
+from handgrad._src import layer_ops
+
+
+# --- atoms and equations ---------------------------------------------------------------
+
+def is_literal(v) -> bool:
+  """Whether an equation input is a literal (a constant written into the jaxpr)."""
+  return isinstance(v, jex.Literal)
+
+
+def is_dropped(v) -> bool:
+  """Whether an equation output is discarded (``_`` in the printed jaxpr)."""
+  return isinstance(v, jex.DropVar)
+
+
+def literal_value(v):
+  """A literal as an array of its own dtype: literals may hold Python scalars, and
+  rules always see arrays."""
+  return np.asarray(v.val, dtype=v.aval.dtype)
+
+
+def read(env: dict, v):
+  """The value of atom ``v``: a literal's value, else ``env[v]``."""
+  return literal_value(v) if is_literal(v) else env[v]
+
+
+def read_inputs(env: dict, eqn) -> list:
+  """The values of ``eqn``'s inputs."""
+  return [read(env, v) for v in eqn.invars]
+
+
+def write_outputs(env: dict, eqn, outs: Sequence[Any]) -> None:
+  """Stores ``outs`` under ``eqn``'s outputs (dropped outputs are not stored)."""
+  for v, x in zip(eqn.outvars, outs):
+    if not is_dropped(v):
+      env[v] = x
+
+
+def is_float(aval) -> bool:
+  """Whether an abstract value is floating point (real or complex): differentiable."""
+  return jax.dtypes.issubdtype(aval.dtype, jnp.inexact)
+
+
+def eqn_context(eqn):
+  """The context in which JAX itself evaluates ``eqn``: its name stack and traceback,
+  so that errors and profiles point at the user's code."""
+  name_stack = source_info_util.current_name_stack() + eqn.source_info.name_stack
+  return source_info_util.user_context(eqn.source_info.traceback, name_stack=name_stack)
+
+
+def bind(eqn, invals: Sequence[Any]) -> list:
+  """Evaluates one equation on ``invals``; always returns a list of outputs."""
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = ()
+  if isinstance(params, tuple):  # (subfuns, params) from primitives with subfunctions
+    subfuns, params = params
+  with eqn_context(eqn), eqn.ctx.manager:
+    out = eqn.primitive.bind(*subfuns, *invals, **params)
+  return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _summary(eqn) -> str:
+  try:
+    return source_info_util.summarize(eqn.source_info)
+  except Exception:  # source info is best-effort; never hide the real error
+    return ""
+
+
+def source_line(eqn, enclosing: Sequence[Any] = ()) -> str:
+  """The innermost user frame of an equation, as ``file:line:column (function)``.
+
+  An equation inside a library's own ``jit`` (``jnp.linalg.cholesky``'s, say) has no
+  user frame of its own; then the innermost of ``enclosing`` (the equations it sits
+  in, outermost first) that has one names the line.  ``""`` when none has.
+  """
+  for e in (eqn, *reversed(list(enclosing))):
+    line = _summary(e)
+    if line:
+      return line
+  return ""
+
+
+def scope_names(eqn) -> tuple[str, ...]:
+  """The ``jax.named_scope`` names of an equation, outermost first.
+
+  Transformation markers (``jvp(...)``, ``transpose(...)``) are not scopes and are
+  left out.
+  """
+  stack = getattr(eqn.source_info.name_stack, "stack", ())
+  return tuple(e.name for e in stack if isinstance(e, source_info_util.Scope))
+
+
+# --- what an equation is -----------------------------------------------------------------
+
+def layer_op(eqn) -> tuple[str, dict[str, Any]] | None:
+  """``(rule name, static params)`` when ``eqn`` applies a layer-level operation
+  (a ``jit`` named by :func:`handgrad._src.layer_ops.layer_op`), else ``None``."""
+  if eqn.primitive.name != "jit":
+    return None
+  return layer_ops.lookup_instance(eqn.params["name"])
+
+
+def layer_op_name(eqn) -> str | None:
+  """The layer-level operation an equation applies (``"dense"``), or ``None``."""
+  layer = layer_op(eqn)
+  return None if layer is None else layer[0]
+
+
+def rule_name(eqn) -> str:
+  """The registry key of an equation's rule: its layer op's name, else its primitive's."""
+  return layer_op_name(eqn) or eqn.primitive.name
+
+
+def display_name(eqn) -> str:
+  """A short name for pictures: the layer op, a ``jit``'s function name, a custom
+  derivative's function name, else the primitive."""
+  name = eqn.primitive.name
+  if name == "jit":
+    return layer_op_name(eqn) or eqn.params["name"]
+  if name in ("custom_jvp_call", "custom_vjp_call"):
+    closed = eqn.params.get("call_jaxpr")
+    func = getattr(getattr(unwrap(closed), "debug_info", None), "func_name", None)
+    return func or name
+  return name
+
+
+def custom_call_wraps(eqn, jit_name: str) -> bool:
+  """Whether a ``custom_jvp``/``custom_vjp`` equation's primal function is one ``jit``
+  named ``jit_name`` (``jax.nn.relu`` is a ``custom_jvp`` around ``jit(relu)``)."""
+  closed = eqn.params.get("call_jaxpr")
+  if closed is None:
+    return False
+  inner = unwrap(closed).eqns
+  return (len(inner) == 1 and inner[0].primitive.name == "jit"
+          and inner[0].params.get("name") == jit_name)
+
+
+def is_checkpoint(eqn) -> bool:
+  """Whether ``eqn`` is a ``jax.checkpoint`` region (see :data:`CHECKPOINT_NAMES`)."""
+  return eqn.primitive.name in CHECKPOINT_NAMES
+
+
+def inline_body(eqn) -> tuple[Any, list] | None:
+  """``(jaxpr, consts)`` of a region evaluated equation by equation in place of
+  ``eqn``: a plain ``jit`` (not a layer op) or a checkpoint region; else ``None``.
+  The body's inputs are ``eqn``'s inputs."""
+  if eqn.primitive.name == "jit" and layer_op(eqn) is None:
+    closed = eqn.params["jaxpr"]
+    return unwrap(closed), list(closed.consts)
+  if is_checkpoint(eqn):
+    return eqn.params["jaxpr"], []
+  return None
+
+
+def nested_jaxprs(eqn) -> list[Any]:
+  """Every jaxpr an equation's params hold (``jit``'s body, ``cond``'s branches, a
+  ``scan``'s or ``while``'s bodies, a custom derivative's primal function), as open
+  jaxprs; ``[]`` for a primitive without one."""
+  out = []
+  for value in eqn.params.values():
+    for x in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(x, (jex.Jaxpr, jex.ClosedJaxpr)):
+        out.append(unwrap(x))
+  return out
+
+
+# Backward-pass marker.  The hand backward pass runs under a "transpose" transform in
+# the name stack, as JAX's own transposed equations do, so profiles and
+# :func:`in_backward_pass` can tell its equations from the forward pass's.
+_BACKWARD = "transpose"
+
+
+def backward_pass():
+  """Context manager under which traced equations belong to a backward pass."""
+  return source_info_util.transform_name_stack(_BACKWARD)
+
+
+def in_backward_pass(eqn) -> bool:
+  """Whether ``eqn`` was traced by a backward pass (the hand engine's or JAX's)."""
+  return _BACKWARD in str(eqn.source_info.name_stack)
+
+
+# --- walking -----------------------------------------------------------------------------
+
+def interpret(jaxpr, consts: Sequence[Any], args: Sequence[Any],
+              eval_eqn: Callable[[int, Any, list], Sequence[Any]], *,
+              env: dict | None = None, literal: Callable[[Any], Any] = literal_value) -> list:
+  """The interpreter loop: binds inputs, calls ``eval_eqn(i, eqn, invals)`` for each
+  equation in order and stores its outputs; returns the jaxpr's outputs.
+
+  ``eval_eqn`` decides what an equation's value is (``bind`` it, descend into it, an
+  id for a static analysis); ``literal`` maps a literal to a value (its array by
+  default); ``env`` (Var -> value) may be given to keep the environment.
+  """
+  env = {} if env is None else env
+  constvars, invars = input_vars(jaxpr, len(consts))
+  env.update(zip(constvars, consts))
+  env.update(zip(invars, args))
+
+  def get(v):
+    return literal(v) if is_literal(v) else env[v]
+
+  for i, eqn in enumerate(unwrap(jaxpr).eqns):
+    write_outputs(env, eqn, eval_eqn(i, eqn, [get(v) for v in eqn.invars]))
+  return [get(v) for v in unwrap(jaxpr).outvars]
+
+
+def evaluate_inline(jaxpr, consts: Sequence[Any], args: Sequence[Any],
+                    visit: Callable[[Any, list, tuple[str, ...]], None],
+                    scope: tuple[str, ...] = ()) -> list:
+  """Evaluates ``jaxpr``, descending into inline regions (:func:`inline_body`), and
+  calls ``visit(eqn, invals, scope)`` before every equation (regions included)."""
+
+  def eval_eqn(i, eqn, invals):
+    sc = scope + scope_names(eqn)
+    visit(eqn, invals, sc)
+    body = inline_body(eqn)
+    if body is not None:
+      return evaluate_inline(body[0], body[1], invals, visit, sc)
+    return bind(eqn, invals)
+
+  return interpret(jaxpr, consts, args, eval_eqn)
+
+
+def equations(jaxpr, *, descend: Callable[[Any], Any] = inline_body) -> Iterator[Any]:
+  """Every equation of ``jaxpr`` in order, and, after each equation for which
+  ``descend(eqn)`` gives ``(body, consts)``, the equations of that body."""
+  for eqn in unwrap(jaxpr).eqns:
+    yield eqn
+    body = descend(eqn)
+    if body is not None:
+      yield from equations(body[0], descend=descend)
+
+
+def depends_on(jaxpr, sources: Sequence[Any], *,
+               cut: Callable[[Any], bool] = lambda eqn: False,
+               follows: Callable[[Any], bool] = lambda v: True) -> set:
+  """The variables of ``jaxpr`` computed from any of ``sources`` (included).
+
+  Equations for which ``cut(eqn)`` holds pass nothing on; an output joins only when
+  ``follows(outvar)`` (say, only floating-point values carry gradients).
+  """
+  reached = set(sources)
+  for eqn in unwrap(jaxpr).eqns:
+    if cut(eqn):
+      continue
+    if any(not is_literal(v) and v in reached for v in eqn.invars):
+      reached.update(v for v in eqn.outvars if not is_dropped(v) and follows(v))
+  return reached
+
+
+def reached_outputs(jaxpr, reached: set) -> list[bool]:
+  """For each output of ``jaxpr``, whether it is in ``reached``."""
+  return [not is_literal(v) and v in reached for v in unwrap(jaxpr).outvars]
+
+
+def is_read(jaxpr, var) -> bool:
+  """Whether ``var`` is an input of some equation of ``jaxpr`` or one of its outputs."""
+  j = unwrap(jaxpr)
+  return any(v is var for eqn in j.eqns for v in eqn.invars) or any(
+      v is var for v in j.outvars)
+
+
+def backward_reads(jaxpr) -> list[tuple[Any, int | None, Any]]:
+  """What the backward-pass equations of a traced gradient read from its forward pass.
+
+  ``[(var, argument index or None, producing forward equation or None)]`` in first-use
+  order, each variable once: a jaxpr input (with its index) or the output of a forward
+  equation.  Literals and values computed by the backward pass itself are left out.
+  """
+  j = unwrap(jaxpr)
+  produced_by: dict = {}
+  for e in j.eqns:
+    if not in_backward_pass(e):
+      for v in e.outvars:
+        produced_by[v] = e
+  arg_index = {v: i for i, v in enumerate(j.invars)}
+  seen, out = set(), []
+  for e in j.eqns:
+    if not in_backward_pass(e):
+      continue
+    for v in e.invars:
+      if is_literal(v) or v in seen or (v not in arg_index and v not in produced_by):
+        continue
+      seen.add(v)
+      out.append((v, arg_index.get(v), produced_by.get(v)))
+  return out
+
+
+# --- per-release shims ---------------------------------------------------------------------
+
+def input_vars(jaxpr, num_consts: int) -> tuple[list, list]:
+  """``(constvars, argvars)``: the variables ``num_consts`` consts and the arguments
+  bind to, as JAX's own ``eval_jaxpr`` binds them.
+
+  jax ≤ 0.11.0 keeps constants in ``constvars``.  Since jax 0.11.1 a jaxpr handed out
+  with its consts on the side (the thunks of ``custom_jvp``/``custom_vjp``:
+  ``jvp_jaxpr_fun``, ``fwd_jaxpr_thunk``) lists them as its leading ``invars``, and
+  ``eval_jaxpr`` binds ``all_invars`` to ``consts + args``; so do we.
+  """
+  j = unwrap(jaxpr)
+  all_invars = getattr(j, "all_invars", None)
+  if all_invars is None:  # jax ≤ 0.11.0
+    all_invars = [*j.constvars, *j.invars]
+  if len(all_invars) < num_consts:
+    raise ValueError(f"a jaxpr with {len(all_invars)} inputs cannot bind {num_consts} consts")
+  return list(all_invars[:num_consts]), list(all_invars[num_consts:])
+
+
+#: Names of the checkpoint primitive: ``remat2`` on every supported release (jax 0.10
+#: to 0.12; printed as ``checkpoint``); ``checkpoint`` and ``remat`` are older names.
+CHECKPOINT_NAMES = ("remat2", "checkpoint", "remat")
+
+
+def scan_counts(params) -> tuple[int, int]:
+  """``(num_consts, num_carry)`` of a scan equation.
+
+  jax 0.10 has them as parameters; jax 0.11 describes the inputs by a flat tree
+  ``ft_in`` of (consts, carry, xs) instead.
+  """
+  if "num_consts" in params:
+    return params["num_consts"], params["num_carry"]
+  consts, carry, _ = params["ft_in"].unpack()
+  return len(consts), len(carry)
+
+
+def saveable(decision) -> bool:
+  """A checkpoint policy's answer as a bool.  Policies answer ``True``/``False`` or,
+  on every supported release (jax 0.10 to 0.12), the markers ``Saveable``,
+  ``Recompute`` or ``Offloadable`` (offloaded values are saved values here)."""
+  if isinstance(decision, bool):
+    return decision
+  return type(decision).__name__ in ("SaveableType", "Offloadable")
+
+
+def is_symbolic_zero(x) -> bool:
+  """A cotangent that is a symbolic zero: ``None``, or JAX's ``Zero`` /
+  ``SymbolicZero`` objects a ``custom_vjp`` backward may return (jax 0.10 to 0.12)."""
+  return x is None or type(x).__name__ in ("Zero", "SymbolicZero")
+
+
+def bwd_cotangents(bwd_out):
+  """The flat input cotangents returned by a ``custom_vjp`` equation's ``bwd``.
+
+  jax ≤ 0.11.0 returns the list of cotangents; later releases (``defvjp_with_logs``)
+  return ``(cotangents, logs)``, where ``logs`` is ``None`` or a dict.  The logs are
+  dropped, as a plain ``jax.vjp`` call drops them.
+  """
+  if (isinstance(bwd_out, tuple) and len(bwd_out) == 2 and isinstance(bwd_out[0], list)
+      and (bwd_out[1] is None or isinstance(bwd_out[1], dict))):
+    return bwd_out[0]
+  return bwd_out
+
+
+def custom_vjp_residuals(params, invals: Sequence[Any], res_and_outs: Sequence[Any]
+                         ) -> tuple[list, list]:
+  """``(residuals, outputs)`` from a ``custom_vjp`` forward's flat results.
+
+  ``out_trees()`` gives ``(out_tree, res_tree, input_fwds)`` (jax 0.10 to 0.12):
+  residuals that are inputs passed straight through are not returned by the forward
+  but forwarded, ``input_fwds[k]`` being their index into the equation's *whole*
+  input list, closed-over constants (the first ``num_consts``) included.
+  """
+  trees = params["out_trees"]()
+  res_tree = trees[1]
+  input_fwds = trees[2] if len(trees) > 2 else [None] * res_tree.num_leaves
+  n_res = res_tree.num_leaves - sum(f is not None for f in input_fwds)
+  res_out, outs = list(res_and_outs[:n_res]), list(res_and_outs[n_res:])
+  res_iter = iter(res_out)
+  res = [next(res_iter) if f is None else invals[f] for f in input_fwds]
+  return res, outs
+
+
+# With ``jax_custom_vjp3`` / ``jax_custom_jvp3`` / ``jax_remat3`` set (False by default
+# through jax 0.12), custom_vjp, custom_jvp and checkpoint arrive as one
+# ``call_hi_primitive`` whose ``_prim`` object holds the rule; the engine does not
+# differentiate those and names the flag to unset.
+HI_PRIMITIVE = "call_hi_primitive"
+_HI_FLAGS = {
+    "CustomVJPTraced": "jax_custom_vjp3",
+    "CustomJVPTraced": "jax_custom_jvp3",
+    "RematTraced": "jax_remat3",
+    "OptRemat": "jax_remat3",
+    "CheckpointName": "jax_remat3",
+    "CheckpointNameFwd": "jax_remat3",
+}
+
+
+def hi_primitive_message(eqn) -> str:
+  """Why a ``call_hi_primitive`` equation is not differentiated, naming the flag."""
+  kind = type(eqn.params.get("_prim")).__name__
+  flag = _HI_FLAGS.get(kind)
+  flags = (f"`{flag}`" if flag is not None
+           else "`jax_custom_vjp3`, `jax_custom_jvp3` and `jax_remat3`")
+  return (f"handgrad does not differentiate JAX's new-style {kind} equations "
+          f"(call_hi_primitive); unset {flags} "
+          f"(jax.config.update({(flag or 'jax_custom_vjp3')!r}, False))")
+
+
+# --- body jaxprs of primitives ------------------------------------------------------------
 
 def unwrap(jaxpr: Any):
   """The open jaxpr of a ``ClosedJaxpr`` (or the jaxpr itself)."""

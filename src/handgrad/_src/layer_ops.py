@@ -20,7 +20,14 @@ _INSTANCES: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
 def lookup_instance(jit_name: str) -> tuple[str, dict[str, Any]] | None:
+  """``(rule name, static keyword arguments)`` of the layer-op ``jit`` named
+  ``jit_name``, or ``None`` when no layer op has that name."""
   return _INSTANCES.get(jit_name)
+
+
+def rule_names() -> set[str]:
+  """The names of the layer-level operations applied so far (``{"dense", "relu"}``)."""
+  return {name for name, _ in _INSTANCES.values()}
 
 
 def _jit_name(name: str, static: tuple[tuple[str, Any], ...]) -> str:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from handgrad._src import api
-from handgrad._src import engine
+from handgrad._src import jaxpr as hj
 
 
 def hessian(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
@@ -117,32 +117,16 @@ def saved_residuals(fun: Callable, *args: Any) -> list[Residual]:
     return api.grad(fun, tuple(range(len(args))))(*jax.tree.unflatten(in_tree, flat))
 
   closed = jax.make_jaxpr(full)(*flat_args)
-  jaxpr = closed.jaxpr
-  backward = [("transpose" in str(e.source_info.name_stack)) for e in jaxpr.eqns]
-  produced_by: dict = {}
-  for e, is_bwd in zip(jaxpr.eqns, backward):
-    if not is_bwd:
-      for v in e.outvars:
-        produced_by[v] = e
-  arg_index = {v: i for i, v in enumerate(jaxpr.invars)}
-  seen, out = set(), []
-  for e, is_bwd in zip(jaxpr.eqns, backward):
-    if not is_bwd:
-      continue
-    for v in e.invars:
-      if isinstance(v, jax.extend.core.Literal) or v in seen:
-        continue
-      if v in arg_index:
-        src = f"argument {paths[arg_index[v]]}"
-      elif v in produced_by:
-        pe = produced_by[v]
-        loc = engine.where(pe)
-        src = f"output of {pe.primitive.name}" + (f" '{pe.params['name']}'" if "name" in pe.params else "") \
-            + (f" at {loc}" if loc else "")
-      else:
-        continue
-      seen.add(v)
-      out.append(Residual(tuple(v.aval.shape), str(v.aval.dtype), src))
+  out = []
+  for v, arg, producer in hj.backward_reads(closed.jaxpr):
+    if arg is not None:
+      src = f"argument {paths[arg]}"
+    else:
+      loc = hj.source_line(producer)
+      src = (f"output of {producer.primitive.name}"
+             + (f" '{producer.params['name']}'" if "name" in producer.params else "")
+             + (f" at {loc}" if loc else ""))
+    out.append(Residual(tuple(v.aval.shape), str(v.aval.dtype), src))
   return out
 
 

@@ -35,14 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
-from jax.extend import core as jex
 from jax.extend.core import primitives
 
 from handgrad import ops
 from handgrad._src import api
 from handgrad._src import check
 from handgrad._src import engine
-from handgrad._src import layer_ops
+from handgrad._src import jaxpr as hj
 from handgrad._src import registry
 from handgrad._src.rules.layers import _attention_with_weights
 
@@ -561,30 +560,24 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _rule_name(eqn) -> str:
-  if eqn.primitive.name == "jit":
-    layer = layer_ops.lookup_instance(eqn.params["name"])
-    if layer is not None:
-      return layer[0]
-  return eqn.primitive.name
+def _plain_jit(eqn):
+  """The body of a plain ``jit`` (not a layer op), which the sites descend into."""
+  return hj.inline_body(eqn) if hj.rule_name(eqn) == "jit" else None
 
 
 def _sites(jaxpr, consts, args, found: list) -> list:
   """Evaluates ``jaxpr`` and appends ``(rule name, eqn, invals, outs)`` for every
   equation, descending into nested ``jit``s that are not layer-level operations."""
-  env = dict(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
-  read = lambda v: (np.asarray(v.val, v.aval.dtype) if isinstance(v, jex.Literal)
-                    else env[v])  # literals as the engine passes them to rules
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    name = _rule_name(eqn)
-    if name == "jit":
-      closed = eqn.params["jaxpr"]
-      _sites(closed.jaxpr, closed.consts, invals, found)
-    outs = engine.bind(eqn, invals)
-    found.append((name, eqn, invals, outs))
-    env.update((v, x) for v, x in zip(eqn.outvars, outs) if not isinstance(v, jex.DropVar))
+
+  def eval_eqn(i, eqn, invals):  # literals arrive as the engine passes them to rules
+    body = _plain_jit(eqn)
+    if body is not None:
+      _sites(body[0], body[1], invals, found)
+    outs = hj.bind(eqn, invals)
+    found.append((hj.rule_name(eqn), eqn, invals, outs))
+    return outs
+
+  hj.interpret(jaxpr, consts, args, eval_eqn)
   return found
 
 
@@ -606,13 +599,7 @@ def rule_names(fun: Callable, *args) -> set[str]:
 
 
 def _rule_names_of(jaxpr) -> set[str]:
-  names = set()
-  for eqn in jaxpr.eqns:
-    name = _rule_name(eqn)
-    names.add(name)
-    if name == "jit":
-      names |= _rule_names_of(eqn.params["jaxpr"].jaxpr)
-  return names
+  return {hj.rule_name(eqn) for eqn in hj.equations(jaxpr, descend=_plain_jit)}
 
 
 def _failed(name: str, reference: str) -> check.CheckReport:

@@ -46,45 +46,17 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.extend import core as jex
 
-from handgrad._src import engine, layer_ops
-from handgrad._src.api import Traced
-from handgrad._src.inspect._tree import Array, PyTree, l2_norm
+from handgrad._src import engine
+from handgrad._src import jaxpr as hj
+from handgrad._src.api import TracedProgram
+from handgrad._src.inspect._tree import l2_norm
+from handgrad._src.types import Array, PyTree
 
 Path = tuple[int, ...]
 
 
 # --- a static view of the jaxpr: equations, values and which layer owns them ----------
-
-def scope_names(name_stack) -> tuple[str, ...]:
-  """The ``jax.named_scope`` names of a ``NameStack``, outermost first.
-
-  Transformation markers (``jvp(...)``, ``vmap(...)``) are not scopes and are left out.
-  """
-  return tuple(e.name for e in getattr(name_stack, "stack", ())
-               if type(e).__name__ == "Scope")
-
-
-def layer_op_name(eqn) -> str | None:
-  """The layer-level operation an equation applies (``"dense"``), or ``None``."""
-  if eqn.primitive.name != "jit":
-    return None
-  inst = layer_ops.lookup_instance(eqn.params["name"])
-  return None if inst is None else inst[0]
-
-
-def inner_jaxpr(eqn) -> tuple[Any, list] | None:
-  """``(jaxpr, consts)`` of a nested equation the engine differentiates equation by
-  equation (a plain ``jit`` or a ``checkpoint`` region), else ``None``."""
-  name = eqn.primitive.name
-  if name == "jit" and layer_ops.lookup_instance(eqn.params["name"]) is None:
-    closed = eqn.params["jaxpr"]
-    return closed.jaxpr, list(closed.consts)
-  if name in engine._REMAT_NAMES:
-    return eqn.params["jaxpr"], []
-  return None
-
 
 @dataclasses.dataclass
 class Leaf:
@@ -126,32 +98,26 @@ def build_graph(jaxpr, data_in: Sequence[bool], n_consts: int) -> Graph:
 
 def _walk(g: Graph, jaxpr, consts: list, ins: list, path: Path,
           scope: tuple[str, ...]) -> list:
-  env = dict(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, ins))
+  """Gives every value of ``jaxpr`` an id (``None`` for a literal), entering inline
+  regions (plain ``jit``, checkpoint) and recording every other equation as a leaf."""
 
-  def read(v):
-    return None if isinstance(v, jex.Literal) else env[v]
-
-  for i, eqn in enumerate(jaxpr.eqns):
-    ids = [read(v) for v in eqn.invars]
-    sc = scope + scope_names(eqn.source_info.name_stack)
-    nested = inner_jaxpr(eqn)
-    if nested is not None:
-      inner, inner_consts = nested
-      outs = _walk(g, inner, [g.new(False) for _ in inner_consts],
+  def eval_eqn(i, eqn, ids):
+    sc = scope + hj.scope_names(eqn)
+    body = hj.inline_body(eqn)
+    if body is not None:
+      inner, inner_consts = body
+      return _walk(g, inner, [g.new(False) for _ in inner_consts],
                    [g.new(False) if n is None else n for n in ids], path + (i,), sc)
-    else:
-      p = path + (i,)
-      data = any(n is not None and g.data[n] for n in ids)
-      outs = [g.new(data, p) for _ in eqn.outvars]
-      g.leaves[p] = Leaf(p, eqn, sc, layer_op_name(eqn), ids, outs)
-      for n in ids:
-        if n is not None:
-          g.consumers[n].append(p)
-    for v, n in zip(eqn.outvars, outs):
-      if not isinstance(v, jex.DropVar):
-        env[v] = n
-  return [None if isinstance(v, jex.Literal) else env[v] for v in jaxpr.outvars]
+    p = path + (i,)
+    data = any(n is not None and g.data[n] for n in ids)
+    outs = [g.new(data, p) for _ in eqn.outvars]
+    g.leaves[p] = Leaf(p, eqn, sc, hj.layer_op_name(eqn), ids, outs)
+    for n in ids:
+      if n is not None:
+        g.consumers[n].append(p)
+    return outs
+
+  return hj.interpret(jaxpr, consts, ins, eval_eqn, literal=lambda v: None)
 
 
 def group_layers(g: Graph, by: str, depth: int) -> list[tuple[str, tuple[str, ...], list]]:
@@ -262,7 +228,7 @@ def trace_backward(loss_fn: Callable[..., Array], params: PyTree, *args: Any,
       args = jax.tree.map(lax.stop_gradient, args)
     return loss_fn(params, *args)
 
-  traced = Traced(fun, (params, *args), has_aux=False)
+  traced = TracedProgram(fun, (params, *args), has_aux=False)
   loss = traced.out
   if jnp.shape(loss) != () or not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
     raise TypeError(f"trace_backward needs a real scalar loss, got shape "

@@ -17,12 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jex
 
-from handgrad._src import engine
-from handgrad._src.api import Traced
-from handgrad._src.inspect._tree import Array, PyTree, in_path_order, is_inexact
-from handgrad._src.inspect.trace import inner_jaxpr, layer_op_name, scope_names
+from handgrad._src import jaxpr as hj
+from handgrad._src.api import TracedProgram
+from handgrad._src.inspect._tree import in_path_order, is_inexact
+from handgrad._src.types import Array, PyTree
 from handgrad._src.nn.base import param_paths
 from handgrad._src.train.transforms import frozen_mask
 
@@ -80,47 +79,28 @@ def relu_operand(eqn) -> int | None:
   ``custom_jvp``) and ``max(x, 0)`` with a literal zero, which is what
   ``jnp.maximum(x, 0)`` and the NumPy-style ``jnp.maximum(0, x)`` trace to.
   """
-  if layer_op_name(eqn) == "relu":
+  if hj.layer_op_name(eqn) == "relu":
     return 0
   if eqn.primitive.name == "custom_jvp_call":
-    inner = eqn.params["call_jaxpr"].jaxpr.eqns
-    is_relu = (len(inner) == 1 and inner[0].primitive.name == "jit"
-               and inner[0].params.get("name") == "relu")
-    return 0 if is_relu else None
+    return 0 if hj.custom_call_wraps(eqn, "relu") else None
   if eqn.primitive.name == "max":
     for i, v in enumerate(eqn.invars):
       other = eqn.invars[1 - i]
-      if (isinstance(v, jex.Literal) and not isinstance(other, jex.Literal)
+      if (hj.is_literal(v) and not hj.is_literal(other)
           and np.ndim(v.val) == 0 and v.val == 0):
         return 1 - i
   return None
 
 
-def _read(env, v):
-  if isinstance(v, jex.Literal):
-    return np.asarray(v.val, dtype=v.aval.dtype)
-  return env[v]
-
-
-def _relu_inputs(jaxpr, consts, args, scope, found: list) -> list:
+def _relu_inputs(jaxpr, consts, args, found: list) -> None:
   """Evaluates ``jaxpr`` and appends ``(scope, pre-activation)`` for every ReLU."""
-  env = dict(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
-  for eqn in jaxpr.eqns:
-    invals = [_read(env, v) for v in eqn.invars]
-    sc = scope + scope_names(eqn.source_info.name_stack)
+
+  def visit(eqn, invals, scope):
     operand = relu_operand(eqn)
     if operand is not None:
-      found.append((sc, invals[operand]))
-    nested = inner_jaxpr(eqn)
-    if nested is not None:
-      outs = _relu_inputs(nested[0], nested[1], invals, sc, found)
-    else:
-      outs = engine.bind(eqn, invals)
-    for v, x in zip(eqn.outvars, outs):
-      if not isinstance(v, jex.DropVar):
-        env[v] = x
-  return [_read(env, v) for v in jaxpr.outvars]
+      found.append((scope, invals[operand]))
+
+  hj.evaluate_inline(jaxpr, consts, args, visit)
 
 
 def dead_relu_report(fn: Callable[..., Any], *args: Any) -> dict[str, DeadReLU]:
@@ -139,7 +119,7 @@ def dead_relu_report(fn: Callable[..., Any], *args: Any) -> dict[str, DeadReLU]:
   flat = jax.tree.leaves(args)
   closed = jax.make_jaxpr(lambda *a: fn(*a))(*args)
   found: list = []
-  _relu_inputs(closed.jaxpr, closed.consts, flat, (), found)
+  _relu_inputs(closed.jaxpr, closed.consts, flat, found)
   out: dict[str, DeadReLU] = {}
   for scope, x in found:
     base = "/".join((*scope, "relu"))
@@ -161,16 +141,7 @@ def dead_relu_report(fn: Callable[..., Any], *args: Any) -> dict[str, DeadReLU]:
 
 def _reaches_output(jaxpr, var, n_out: int) -> bool:
   """Whether any output among the first ``n_out`` depends on ``var`` at all."""
-  reached = {var}
-  for eqn in jaxpr.eqns:
-    if any(not isinstance(v, jex.Literal) and v in reached for v in eqn.invars):
-      reached.update(v for v in eqn.outvars if not isinstance(v, jex.DropVar))
-  return any(not isinstance(v, jex.Literal) and v in reached for v in jaxpr.outvars[:n_out])
-
-
-def _is_used(jaxpr, var) -> bool:
-  return any(v is var for eqn in jaxpr.eqns for v in eqn.invars) or any(
-      v is var for v in jaxpr.outvars)
+  return any(hj.reached_outputs(jaxpr, hj.depends_on(jaxpr, [var]))[:n_out])
 
 
 def find_zero_gradients(loss_fn: Callable[..., Array], params: PyTree, *args: Any,
@@ -214,7 +185,7 @@ def find_zero_gradients(loss_fn: Callable[..., Array], params: PyTree, *args: An
   def analyse(train_leaves):
     # One compiled computation: which cotangents are missing is known at trace time,
     # the size of the present ones and the dead ReLUs are its outputs.
-    traced = Traced(fun, (train_leaves,), has_aux=False)
+    traced = TracedProgram(fun, (train_leaves,), has_aux=False)
     loss = traced.out
     if jnp.shape(loss) != ():
       raise TypeError(f"find_zero_gradients needs a scalar loss, got shape "
@@ -224,8 +195,8 @@ def find_zero_gradients(loss_fn: Callable[..., Array], params: PyTree, *args: An
     max_abs = {}
     for j, ct in enumerate(cts):
       if ct is None:
-        var = jaxpr.invars[j]
-        if not _is_used(jaxpr, var):
+        var = traced.frame.invars[j]
+        if not hj.is_read(jaxpr, var):
           missing[j] = UNUSED
         elif not _reaches_output(jaxpr, var, n_out):
           missing[j] = DISCARDED

@@ -104,5 +104,5 @@ def _sort_vjp(g, ans, *operands, dimension, is_stable, num_keys):
                   num_keys=num_keys)[-1]
   return tuple(
       lax.sort((perm, ct), dimension=dimension, is_stable=False, num_keys=1)[1]
-      if jnp.issubdtype(lax.dtype(x), jnp.inexact) else None
+      if ct is not None and jnp.issubdtype(lax.dtype(x), jnp.inexact) else None
       for x, ct in zip(operands, g))

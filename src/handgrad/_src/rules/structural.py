@@ -10,6 +10,7 @@ import numpy as np
 from jax import lax
 
 from handgrad._src.registry import defvjp
+from handgrad._src.rules._common import zeros_like
 
 
 # z = broadcast_in_dim(x, shape, dims):  dx = g summed over the new dimensions and
@@ -61,7 +62,8 @@ def _concatenate_vjp(g, ans, *xs, dimension):
 # (z₁, …, zₙ) = split(x) along axis:  dx = concatenate(g₁, …, gₙ)
 @defvjp("split")
 def _split_vjp(g, ans, x, *, sizes, axis):
-  return (lax.concatenate(list(g), axis),)
+  g = [zeros_like(z) if ct is None else ct for ct, z in zip(g, ans)]  # None: no blame
+  return (lax.concatenate(g, axis),)
 
 
 # z = x[start:limit:stride]:  dx = g placed back with zeros around and between.
