@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from handgrad._src import jaxpr as jaxpr_lib
 from handgrad._src.registry import defvjp
 
 
@@ -47,50 +48,182 @@ def _slice_sizes(operand_shape, updates_shape, d: lax.ScatterDimensionNumbers):
   return tuple(sizes)
 
 
-# z = gather(x, idx):  dx = scatter_add(0, idx, g)
+_MODES = ("CLIP", "FILL_OR_DROP", "PROMISE_IN_BOUNDS")
+
+
+def _check_mode(name, mode):
+  """The gather/scatter modes whose transposes are known: the same mode on both sides.
+
+  CLIP clamps the window into range in both directions; FILL_OR_DROP fills an
+  out-of-bounds read and drops an out-of-bounds write, so the cotangent of a filled
+  read is dropped; PROMISE_IN_BOUNDS is passed through as JAX's transpose passes it
+  (clamped reads, dropped writes on XLA; wrong gradients for out-of-bounds indices in
+  JAX too).  Any other mode (``ONE_HOT``) is refused.
+  """
+  mode = lax.GatherScatterMode.from_any(mode)
+  if mode.name not in _MODES:
+    raise NotImplementedError(f"{name} with mode={mode} is not supported")
+  return mode
+
+
+def _check_body(name, update_jaxpr, update_consts, op):
+  """The scatter's ``update_jaxpr`` must combine (old, new) with ``op`` (``None`` for a
+  plain overwrite): the XLA lowering computes whatever that body says, so another body
+  (``x.at[i].apply(jnp.sin)`` gives ``scatter`` the body ``sin``) is refused by name."""
+  if update_jaxpr is None and op is None:
+    return
+  ops = None if update_jaxpr is None else jaxpr_lib.pairwise_ops(update_jaxpr)
+  if op is None or ops != [op] or update_consts:
+    body = None if update_jaxpr is None else jaxpr_lib.primitive_names(update_jaxpr)
+    want = "no update_jaxpr (a plain overwrite)" if op is None else f"the body {op}(x, u)"
+    raise NotImplementedError(
+        f"{name} whose update_jaxpr computes {body} (update_consts={len(update_consts)}) "
+        f"is not supported: its rule needs {want}.  x.at[i].apply(f) is such a scatter "
+        "(jax.grad does not differentiate it either)")
+
+
+def _zeros_of(x, dtype=None):
+  """Zeros of x's shape (and sharding), in ``dtype`` (x's by default)."""
+  return lax.full_like(x, 0, dtype)
+
+
+# z = gather(x, idx):  dx = scatter_add(0, idx, g), with the gather's own mode (a
+# clamped read adds into the clamped place, a filled read drops its cotangent, the
+# fill value is a constant), sortedness and uniqueness, as JAX's transpose does.
 @defvjp("gather")
 def _gather_vjp(g, ans, x, indices, *, dimension_numbers, slice_sizes, indices_are_sorted,
                 unique_indices, mode, fill_value):
-  zero = lax.full(x.shape, 0, x.dtype)
-  dx = lax.scatter_add(zero, indices, g, _scatter_dnums(dimension_numbers),
+  mode = _check_mode("gather", mode)
+  dx = lax.scatter_add(_zeros_of(x, g.dtype), indices, g, _scatter_dnums(dimension_numbers),
                        indices_are_sorted=indices_are_sorted,
                        unique_indices=unique_indices, mode=mode)
-  return dx, None
+  return lax.convert_element_type(dx, lax.dtype(x)), None
+
+
+def _read_back(g, indices, x, updates, d, mode, **kw):
+  """gather(g, idx) with the window a scatter of ``updates`` into ``x`` writes: the
+  transpose of that scatter-add (out-of-bounds windows read 0)."""
+  return lax.gather(g, indices, _gather_dnums(d), _slice_sizes(np.shape(x), np.shape(updates), d),
+                    mode=mode, fill_value=0, **kw)
 
 
 # z = scatter_add(x, idx, u):  dx = g;  du = gather(g, idx)
-@defvjp("scatter-add")
-def _scatter_add_vjp(g, ans, x, indices, updates, *, dimension_numbers, indices_are_sorted,
-                     unique_indices, mode, **params):
-  du = lax.gather(g, indices, _gather_dnums(dimension_numbers),
-                  _slice_sizes(x.shape, updates.shape, dimension_numbers),
-                  indices_are_sorted=indices_are_sorted, unique_indices=unique_indices,
-                  mode=mode, fill_value=0)
-  return g, None, lax.convert_element_type(du, updates.dtype)
+# z = scatter_sub(x, idx, u):  dx = g;  du = −gather(g, idx)
+def _scatter_addsub_vjp(name, op):
+  def rule(g, ans, x, indices, updates, *, update_jaxpr, update_consts, dimension_numbers,
+           indices_are_sorted, unique_indices, mode):
+    _check_body(name, update_jaxpr, update_consts, op)
+    mode = _check_mode(name, mode)
+    du = _read_back(g, indices, x, updates, dimension_numbers, mode,
+                    indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
+    if op == "sub":
+      du = lax.neg(du)
+    return g, None, lax.convert_element_type(du, lax.dtype(updates))
+  return rule
+
+
+defvjp("scatter-add", _scatter_addsub_vjp("scatter-add", "add"))
+defvjp("scatter-sub", _scatter_addsub_vjp("scatter-sub", "sub"))
 
 
 # z = scatter(x, idx, u) (overwrite):  dx = g with the written places zeroed;
 # du = g at the places each update actually won.  With repeated indices only one
 # update survives; we find it by scattering each update's id and reading it back
-# (the same tie rule as JAX), and give the others no blame.
+# (the same tie rule as JAX), and give the others no blame.  As in JAX's rule, the
+# ids are read back with lax.gather's default mode, PROMISE_IN_BOUNDS (a clamped
+# read on XLA), whatever the scatter's mode.
 @defvjp("scatter")
-def _scatter_vjp(g, ans, x, indices, updates, *, dimension_numbers, indices_are_sorted,
-                 unique_indices, mode, **params):
-  gd = _gather_dnums(dimension_numbers)
-  sizes = _slice_sizes(x.shape, updates.shape, dimension_numbers)
-  kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices, mode=mode)
-  dx = lax.scatter(g, indices, lax.full(updates.shape, 0, g.dtype), dimension_numbers, **kw)
-  du = lax.gather(g, indices, gd, sizes, mode=mode, fill_value=0,
-                  indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
+def _scatter_vjp(g, ans, x, indices, updates, *, update_jaxpr, update_consts,
+                 dimension_numbers, indices_are_sorted, unique_indices, mode):
+  _check_body("scatter", update_jaxpr, update_consts, None)
+  mode = _check_mode("scatter", mode)
+  kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
+  dx = lax.scatter(g, indices, lax.full(np.shape(updates), 0, g.dtype), dimension_numbers,
+                   mode=mode, **kw)
+  du = _read_back(g, indices, x, updates, dimension_numbers, mode, **kw)
   if not unique_indices:
-    ids = lax.add(lax.iota("int32", updates.size), lax.full((), 1, "int32"))
-    ids = lax.reshape(ids, updates.shape)
-    winner = lax.scatter(lax.full(x.shape, 0, "int32"), indices, ids, dimension_numbers, **kw)
-    won = lax.eq(lax.gather(winner, indices, gd, sizes, mode=mode, fill_value=0,
-                            indices_are_sorted=indices_are_sorted,
-                            unique_indices=unique_indices), ids)
+    ids = lax.add(lax.iota("int32", int(np.size(updates))), lax.full((), 1, "int32"))
+    ids = lax.reshape(ids, np.shape(updates))
+    winner = lax.scatter(lax.full(np.shape(x), 0, "int32"), indices, ids, dimension_numbers,
+                         mode=mode, **kw)
+    won = lax.eq(_read_back(winner, indices, x, updates, dimension_numbers,
+                            lax.GatherScatterMode.PROMISE_IN_BOUNDS, **kw), ids)
     du = lax.select(won, du, lax.full_like(du, 0))
-  return dx, None, lax.convert_element_type(du, updates.dtype)
+  return dx, None, lax.convert_element_type(du, lax.dtype(updates))
+
+
+# z = scatter_mul(x, idx, u):  z_p = x_p·Π_{k: idx_k = p} u_k.
+#   dx = scatter_mul(g, idx, u)  (g times the product of the updates at each place);
+#   du_k = gather(g·x, idx)_k, exact only when every place gets one update, so, as in
+# JAX, the updates' cotangent needs unique_indices (jax.ops.segment_prod and
+# x.at[i].multiply with possibly repeated indices raise for it, in JAX too).  Zeros
+# need no care: nothing is divided.
+@defvjp("scatter-mul")
+def _scatter_mul_vjp(g, ans, x, indices, updates, *, update_jaxpr, update_consts,
+                     dimension_numbers, indices_are_sorted, unique_indices, mode):
+  _check_body("scatter-mul", update_jaxpr, update_consts, "mul")
+  mode = _check_mode("scatter-mul", mode)
+  kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
+  dx = lax.scatter_mul(g, indices, lax.convert_element_type(updates, g.dtype),
+                       dimension_numbers, mode=mode, **kw)
+  du = None
+  if jnp.issubdtype(lax.dtype(updates), jnp.inexact):
+    if not unique_indices:
+      raise NotImplementedError(
+          "scatter-mul gradients with respect to the updates need unique_indices=True "
+          "(as in JAX): with repeated indices each update's cotangent is the product of "
+          "the others at its place")
+    gx = lax.mul(g, lax.convert_element_type(x, g.dtype))
+    du = lax.convert_element_type(
+        _read_back(gx, indices, x, updates, dimension_numbers, mode, **kw), lax.dtype(updates))
+  return dx, None, du
+
+
+# z = scatter_max(x, idx, u) (and min):  each place keeps the largest of its old value
+# and the updates written there.  JAX's convention (its scatter-max JVP): the cotangent
+# of a place is shared evenly among every contender that attains the result, the old
+# value included; an update that loses gets nothing.  With
+#   n = number of updates attaining the result at the update's place,
+#   r = 1 if the old value attains it too, c = number of updates at that place:
+#   du = gather(g)·[u attains]/(n + r),
+#   dx = g − scatter_add(gather(g)·(1 − r/(n + r))/c)   (the old value's share is
+#        1/(n + r) if it attains the result, else 0).
+# As in JAX's rule, the reads that build the counts (and the read of the old value's
+# cotangent, transposed here) use lax.gather's default mode PROMISE_IN_BOUNDS, the
+# count scatters lax.scatter_add's default FILL_OR_DROP, whatever the scatter's mode.
+def _scatter_extremal_vjp(name, op):
+  def rule(g, ans, x, indices, updates, *, update_jaxpr, update_consts, dimension_numbers,
+           indices_are_sorted, unique_indices, mode):
+    _check_body(name, update_jaxpr, update_consts, op)
+    mode = _check_mode(name, mode)
+    d = dimension_numbers
+    fill = lax.GatherScatterMode.FILL_OR_DROP
+    promise = lax.GatherScatterMode.PROMISE_IN_BOUNDS
+    gd, sizes = _gather_dnums(d), _slice_sizes(np.shape(x), np.shape(updates), d)
+    read = lambda a: lax.gather(a, indices, gd, sizes, mode=promise)
+    initial, target = read(x), read(ans)
+    won = lax.eq(updates, target)
+    kept = lax.eq(initial, target)
+    one_u, zero_u = lax.full_like(updates, 1), lax.full_like(updates, 0)
+    zeros_x = lax.full_like(x, 0)
+    n = read(lax.scatter_add(zeros_x, indices, lax.select(won, one_u, zero_u), d, mode=fill))
+    refs = read(lax.scatter_add(zeros_x, indices, one_u, d, mode=fill))
+    one = lax.full_like(n, 1)
+    u_share = lax.select(kept, lax.div(one, lax.add(n, one)), lax.div(one, n))
+    u_coef = lax.select(won, u_share, lax.full_like(n, 0))
+    x_share = lax.select(kept, lax.div(one, lax.add(n, one)), lax.full_like(n, 0))
+    x_coef = lax.div(lax.add(lax.full_like(n, -1), x_share), refs)
+    kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
+    gu = _read_back(g, indices, x, updates, d, mode, **kw)  # transpose of the scatter_add
+    du = lax.mul(gu, lax.convert_element_type(u_coef, g.dtype))
+    back = lax.mul(gu, lax.convert_element_type(x_coef, g.dtype))
+    dx = lax.add(g, lax.scatter_add(lax.full_like(g, 0), indices, back, d, mode=promise))
+    return dx, None, lax.convert_element_type(du, lax.dtype(updates))
+  return rule
+
+
+defvjp("scatter-max", _scatter_extremal_vjp("scatter-max", "max"))
+defvjp("scatter-min", _scatter_extremal_vjp("scatter-min", "min"))
 
 
 # (z₁, …, zₖ) = sort(x₁, …, xₖ) along ``dimension``, ordered by the first ``num_keys``
@@ -106,3 +239,32 @@ def _sort_vjp(g, ans, *operands, dimension, is_stable, num_keys):
       lax.sort((perm, ct), dimension=dimension, is_stable=False, num_keys=1)[1]
       if jnp.issubdtype(lax.dtype(x), jnp.inexact) else None
       for x, ct in zip(operands, g))
+
+
+# (v, i) = top_k(x, k) along ``axis``:  v = x at the indices i, so dx = g scattered
+# back to the places i along that axis (the indices are distinct, so nothing adds up);
+# among tied values the cotangent follows the indices top_k returned, as in JAX.
+# ``is_stable`` (jax ≥ 0.12) only decides those indices.
+@defvjp("top_k")
+def _top_k_vjp(g, ans, x, *, k, axis=-1, is_stable=True):
+  gv, _ = g
+  _, idx = ans
+  ndim = np.ndim(x)
+  axis = axis % ndim
+  # Move the axis last and flatten the rest into one batch axis b:
+  #   dx[b, idx[b, j]] += g[b, j]  (a scatter-add with a batching dimension).
+  perm = [d for d in range(ndim) if d != axis] + [axis]
+  gt, it = lax.transpose(gv, perm), lax.transpose(idx, perm)
+  batch = int(np.prod(gt.shape[:-1], dtype=np.int64))
+  n = np.shape(x)[axis]
+  gt = lax.reshape(gt, (batch, k))
+  it = lax.reshape(it, (batch, k, 1))
+  dnums = lax.ScatterDimensionNumbers(
+      update_window_dims=(), inserted_window_dims=(1,), scatter_dims_to_operand_dims=(1,),
+      operand_batching_dims=(0,), scatter_indices_batching_dims=(0,))
+  dx = lax.scatter_add(lax.full((batch, n), 0, gv.dtype), it, gt, dnums,
+                       indices_are_sorted=False, unique_indices=True,
+                       mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  dx = lax.reshape(dx, tuple(np.shape(x)[d] for d in perm))
+  return (lax.convert_element_type(lax.transpose(dx, tuple(np.argsort(perm))),
+                                   lax.dtype(x)),)
