@@ -154,29 +154,40 @@ def _scatter_vjp(g, ans, x, indices, updates, *, update_jaxpr, update_consts,
 
 # z = scatter_mul(x, idx, u):  z_p = x_p·Π_{k: idx_k = p} u_k.
 #   dx = scatter_mul(g, idx, u)  (g times the product of the updates at each place);
-#   du_k = gather(g·x, idx)_k, exact only when every place gets one update, so, as in
-# JAX, the updates' cotangent needs unique_indices (jax.ops.segment_prod and
-# x.at[i].multiply with possibly repeated indices raise for it, in JAX too).  Zeros
-# need no care: nothing is divided.
+#   du_k = gather(g·x, idx)_k · Π_{j ≠ k, idx_j = idx_k} u_j.
+# With unique indices the product over the others is empty (JAX's rule).  With
+# repeated indices (jax.ops.segment_prod; JAX refuses this case) the product of the
+# others is taken without dividing by a zero: per place, the number of zero factors
+# Z and the product N of the non-zero ones; then
+#   Π_{j≠k} u_j = N/u_k if u_k ≠ 0 and Z = 0,   N if u_k = 0 and Z = 1,   else 0.
 @defvjp("scatter-mul")
 def _scatter_mul_vjp(g, ans, x, indices, updates, *, update_jaxpr, update_consts,
                      dimension_numbers, indices_are_sorted, unique_indices, mode):
   _check_body("scatter-mul", update_jaxpr, update_consts, "mul")
   mode = _check_mode("scatter-mul", mode)
+  d = dimension_numbers
   kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
-  dx = lax.scatter_mul(g, indices, lax.convert_element_type(updates, g.dtype),
-                       dimension_numbers, mode=mode, **kw)
-  du = None
-  if jnp.issubdtype(lax.dtype(updates), jnp.inexact):
-    if not unique_indices:
-      raise NotImplementedError(
-          "scatter-mul gradients with respect to the updates need unique_indices=True "
-          "(as in JAX): with repeated indices each update's cotangent is the product of "
-          "the others at its place")
-    gx = lax.mul(g, lax.convert_element_type(x, g.dtype))
-    du = lax.convert_element_type(
-        _read_back(gx, indices, x, updates, dimension_numbers, mode, **kw), lax.dtype(updates))
-  return dx, None, du
+  u = lax.convert_element_type(updates, g.dtype)
+  dx = lax.scatter_mul(g, indices, u, d, mode=mode, **kw)
+  if not jnp.issubdtype(lax.dtype(updates), jnp.inexact):
+    return dx, None, None
+  gx = lax.mul(g, lax.convert_element_type(x, g.dtype))
+  du = _read_back(gx, indices, x, updates, d, mode, **kw)
+  if not unique_indices:
+    zero, one = lax.full_like(u, 0), lax.full_like(u, 1)
+    is_zero = lax.eq(u, zero)
+    zeros = _read_back(lax.scatter_add(lax.full_like(g, 0), indices,
+                                       lax.select(is_zero, one, zero), d, mode=mode, **kw),
+                       indices, x, updates, d, mode, **kw)
+    nonzero = _read_back(lax.scatter_mul(lax.full_like(g, 1), indices,
+                                         lax.select(is_zero, one, u), d, mode=mode, **kw),
+                         indices, x, updates, d, mode, **kw)
+    none_zero, one_zero = lax.eq(zeros, zero), lax.eq(zeros, one)
+    others = lax.select(is_zero, lax.select(one_zero, nonzero, zero),
+                        lax.select(none_zero, lax.div(nonzero, lax.select(is_zero, one, u)),
+                                   zero))
+    du = lax.mul(du, others)
+  return dx, None, lax.convert_element_type(du, lax.dtype(updates))
 
 
 # z = scatter_max(x, idx, u) (and min):  each place keeps the largest of its old value
