@@ -1,7 +1,6 @@
 """Indexing, structural and reduction rules against jax.grad (exactly, at ties and
 out-of-range indices), finite differences where JAX refuses, and the refusals
-themselves (a scatter body that is not its combine, a reduce body that is not
-add/max/min)."""
+themselves (a scatter body that is not its combine)."""
 
 import jax
 import jax.numpy as jnp
@@ -220,9 +219,40 @@ def test_tuple_reduce_ties_split_as_jax(n):
   assert_exact(f, x, y, argnums=(0, 1))
 
 
-def test_reduce_with_another_body_is_refused_by_name():
-  f = lambda x: lax.reduce(x, np.float32(0), lambda a, b: a * b + 1.0, (0,))
-  with pytest.raises(NotImplementedError, match=r"reduce.*\['mul', 'add'\]"):
+BODIES = {
+    "product": lambda p, q: p * q,
+    "p*q + 1": lambda p, q: p * q + 1.0,
+    "logaddexp": jnp.logaddexp,
+}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("body", sorted(BODIES))
+def test_reduce_with_any_body_follows_jax_tree(body, n):
+  x = np.linspace(0.5, 1.5, 2 * n, dtype=np.float32).reshape(n, 2)
+  f = lambda x: jnp.sum(W[:2] * lax.reduce(x, np.float32(1), BODIES[body], (0,)))
+  hand, ref = grads(f, x)
+  np.testing.assert_allclose(np.asarray(hand), np.asarray(ref), rtol=1e-6, atol=1e-7)
+
+
+def _argmax_body(a, b):
+  pick = a[0] >= b[0]
+  return lax.select(pick, a[0], b[0]), lax.select(pick, a[1], b[1])
+
+
+def test_reduce_of_value_index_pairs_matches_finite_differences():
+  # An argmax written as lax.reduce over (value, index): jax.grad fails on its int32
+  # operand; the value's cotangent goes to the winning element.
+  f = lambda x: jnp.sum(W[:2] * lax.reduce(
+      (x, lax.broadcasted_iota(jnp.int32, x.shape, 1)), (np.array(-np.inf, x.dtype), np.int32(0)),
+      _argmax_body, (1,))[0])
+  g = assert_matches_fd(f, np.array([[1.0, 3.5, 3.0], [2.0, 0.0, 5.0]]))
+  np.testing.assert_allclose(np.asarray(g), [[0, W[0], 0], [0, 0, W[1]]])
+
+
+def test_reduce_body_without_a_rule_names_the_primitive():
+  f = lambda x: lax.reduce(x, np.float32(0), lambda a, b: lax.nextafter(a, b), (0,))
+  with pytest.raises(NotImplementedError, match="nextafter"):
     hg.grad(f)(np.ones(3, np.float32))
 
 
@@ -290,6 +320,8 @@ HESSIANS = {
     "dynamic_slice": lambda x: jnp.sum(lax.dynamic_slice_in_dim(x ** 3, -8, 2)),
     "pad": lambda x: jnp.sum(lax.pad(x ** 2, 0.5, ((-1, 2, 1),)) ** 2),
     "reduce": lambda x: jnp.sum(_tuple_reduce(x.reshape(3, 2) ** 2, x.reshape(3, 2) ** 3)[1]),
+    "reduce (product body)": lambda x: jnp.sum(
+        lax.reduce(x.reshape(3, 2), np.float32(1), lambda p, q: p * q, (0,))),
 }
 
 

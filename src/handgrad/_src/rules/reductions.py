@@ -167,8 +167,10 @@ for _name in ("reduce_and", "reduce_or", "reduce_xor"):
 # --- variadic reduce -------------------------------------------------------------------
 # (z₁, …, zₙ) = reduce((x₁, …, xₙ), (v₁, …, vₙ), body, dims): ``lax.reduce`` of a tuple,
 # or of one operand whose initial value is not the identity of its monoid (JAX binds
-# reduce_sum/reduce_max/… otherwise).  Supported bodies combine each pair on its own,
-# zᵢ = opᵢ(aᵢ, bᵢ) with opᵢ ∈ {add, max, min}; any other body is refused by name.
+# reduce_sum/reduce_max/… otherwise).  Bodies that combine each pair on its own,
+# zᵢ = opᵢ(aᵢ, bᵢ) with opᵢ ∈ {add, max, min}, have the rules right below; any other
+# body (an argmax over (value, index) pairs, a product) goes through the generic tree
+# further down.
 #
 # JAX differentiates this primitive as a tree: halve the reduced axis, combine the
 # halves with the body (padding an odd half with the initial value), repeat.  For add
@@ -234,17 +236,7 @@ def _is_identity(v, name):
   return bool(np.asarray(v) == (-np.inf if name == "max" else np.inf))
 
 
-@defvjp("reduce")
-def _reduce_vjp(g, ans, *args, computation, jaxpr, dimensions):
-  n = len(args) // 2
-  xs, inits = args[:n], args[n:]
-  ops = jaxpr_lib.pairwise_ops(jaxpr)
-  if ops is None or not set(ops) <= {"add", "max", "min"}:
-    raise NotImplementedError(
-        "reduce (lax.reduce) is differentiated for bodies that combine each operand "
-        "with its own accumulator by add, max or min; this body computes "
-        f"{jaxpr_lib.primitive_names(jaxpr)}")
-  dims = tuple(sorted(dimensions))
+def _pairwise_reduce_vjp(g, xs, inits, ops, dims):
   dxs, dvs = [], []
   for x, v, ct, name in zip(xs, inits, g, ops):
     if not jnp.issubdtype(lax.dtype(x), jnp.inexact):
@@ -267,6 +259,96 @@ def _reduce_vjp(g, ans, *args, computation, jaxpr, dimensions):
     dflat, dv_tree = _tree_vjp(ct, flat, v, op)
     dxs.append(_unflatten_reduced(dflat, np.shape(x), perm))
     dvs.append(lax.add(dv, dv_tree))
+  return dxs, dvs
+
+
+# Any other body: JAX's halving tree itself, each level's combine differentiated by
+# the hand rules of the body's own equations (the engine run on the body, vectorised
+# over the level's elements with jax.vmap).  The initial values enter only where they
+# pad an odd half (and as the value of an empty reduction): their cotangent is the blame
+# those places get, the derivative of that same tree.
+
+def _body_fns(jaxpr, floats):
+  """(combine, combine_vjp) of a reduce body, elementwise over equal-shaped arrays."""
+  from handgrad._src import engine  # the engine imports the rules: import it lazily
+  body, consts = jaxpr_lib.unwrap(jaxpr), list(getattr(jaxpr, "consts", ()))
+  n = len(floats)
+
+  def scalar_combine(*ab):
+    return tuple(engine.forward(body, consts, list(ab), [False] * (2 * n))[0])
+
+  def scalar_vjp(ab, cts):
+    _, frame = engine.forward(body, consts, list(ab), floats + floats)
+    cts_in = engine.backward(frame, [ct if f else None for ct, f in zip(cts, floats)])
+    return tuple(
+        (lax.full_like(x, 0) if ct is None else ct) if f else None
+        for ct, x, f in zip(cts_in, ab, floats + floats))
+
+  def vectorised(fn, arrays):
+    shape = arrays[0].shape
+    flat = [lax.reshape(a, (int(np.prod(shape, dtype=np.int64)),)) for a in arrays]
+    outs = jax.vmap(fn)(*flat)
+    return [None if o is None else lax.reshape(o, shape) for o in outs]
+
+  combine = lambda a, b: vectorised(scalar_combine, [*a, *b])
+  combine_vjp = lambda a, b, cts: vectorised(
+      lambda *abc: scalar_vjp(abc[:2 * n], abc[2 * n:]),
+      [*a, *b, *[c if f else lax.full_like(x, 0, jnp.float32) for c, x, f in zip(cts, a, floats)]])
+  return combine, combine_vjp
+
+
+def _generic_reduce_vjp(g, xs, inits, jaxpr, dims):
+  floats = [jnp.issubdtype(lax.dtype(x), jnp.inexact) for x in xs]
+  combine, combine_vjp = _body_fns(jaxpr, floats)
+  flats = [_flatten_reduced(x, dims)[0] for x in xs]
+  perm = _flatten_reduced(xs[0], dims)[1]
+  dvs = [lax.full((), 0, lax.dtype(x)) if f else None for x, f in zip(xs, floats)]
+  n = flats[0].shape[0]
+  if n == 0:
+    dvs = [lax.reduce_sum(ct, tuple(range(ct.ndim))) if f else None for ct, f in zip(g, floats)]
+    return [lax.full_like(x, 0) if f else None for x, f in zip(xs, floats)], dvs
+  levels = []  # (a, b, n, n1) of every halving, bottom first
+  while flats[0].shape[0] > 1:
+    m = flats[0].shape[0]
+    m1 = (m + 1) // 2
+    a = [lax.slice_in_dim(x, 0, m1) for x in flats]
+    b = [lax.slice_in_dim(x, m1, m) for x in flats]
+    if m - m1 != m1:
+      b = [lax.concatenate([bi, lax.broadcast_in_dim(lax.convert_element_type(v, bi.dtype),
+                                                      (1,) + bi.shape[1:], ())], 0)
+           for bi, v in zip(b, inits)]
+    levels.append((a, b, m, m1))
+    flats = combine(a, b)
+  cts = [lax.reshape(ct, (1,) + tuple(ct.shape)) if f else None for ct, f in zip(g, floats)]
+  for a, b, m, m1 in reversed(levels):
+    d = combine_vjp(a, b, cts)
+    da, db = d[:len(xs)], d[len(xs):]
+    new = []
+    for i, f in enumerate(floats):
+      if not f:
+        new.append(None)
+        continue
+      if m - m1 != m1:  # the padding row is the initial value's
+        dvs[i] = lax.add(dvs[i], lax.reduce_sum(lax.slice_in_dim(db[i], m - m1, m1),
+                                                tuple(range(db[i].ndim))))
+        db[i] = lax.slice_in_dim(db[i], 0, m - m1)
+      new.append(lax.concatenate([da[i], db[i]], 0))
+    cts = new
+  dxs = [_unflatten_reduced(ct, np.shape(x), perm) if f else None
+         for ct, x, f in zip(cts, xs, floats)]
+  return dxs, dvs
+
+
+@defvjp("reduce")
+def _reduce_vjp(g, ans, *args, computation, jaxpr, dimensions):
+  n = len(args) // 2
+  xs, inits = args[:n], args[n:]
+  dims = tuple(sorted(dimensions))
+  ops = jaxpr_lib.pairwise_ops(jaxpr)
+  if ops is not None and set(ops) <= {"add", "max", "min"}:
+    dxs, dvs = _pairwise_reduce_vjp(g, xs, inits, ops, dims)
+  else:
+    dxs, dvs = _generic_reduce_vjp(g, xs, inits, jaxpr, dims)
   dvs = [None if dv is None else lax.convert_element_type(dv, lax.dtype(v))
          for dv, v in zip(dvs, inits)]
   return (*dxs, *dvs)

@@ -134,6 +134,9 @@ def table() -> list[RuleSpec]:
                                           (1,)),
         (((3, 2), (3, 2)), ((2, 0), (2, 0))), (normal(), distinct()),
         label="sum and min, initial values 0"),
+      S("reduce", lambda x: lax.reduce(x, np.array(1, x.dtype), lambda p, q: p * q, (1,)),
+        (((2, 5),), ((3, 1),), ((2, 0),)), normal(), label="product body",
+        note="any body: JAX's halving tree, each combine by the body's own rules"),
       S("reduce", lambda x: lax.reduce(x, np.array(2.0, x.dtype), lax.add, (0,)),
         (((3, 2),), ((0, 2),)), normal(), label="sum, initial value 2"),
   ]
