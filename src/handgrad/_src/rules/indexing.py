@@ -16,6 +16,7 @@ from jax import lax
 
 from handgrad._src import jaxpr as jaxpr_lib
 from handgrad._src.registry import defvjp
+from handgrad._src.rules import _sharding
 
 
 def _scatter_dnums(d: lax.GatherDimensionNumbers) -> lax.ScatterDimensionNumbers:
@@ -243,7 +244,8 @@ defvjp("scatter-min", _scatter_extremal_vjp("scatter-min", "min"))
 # resolve the same way; sorting the pairs (π, gᵢ) by π then applies π⁻¹ exactly.
 @defvjp("sort")
 def _sort_vjp(g, ans, *operands, dimension, is_stable, num_keys):
-  iota = lax.broadcasted_iota(np.int32, np.shape(operands[0]), dimension)
+  iota = lax.broadcasted_iota(np.int32, np.shape(operands[0]), dimension,
+                              out_sharding=_sharding.of(operands[0]))
   perm = lax.sort((*operands, iota), dimension=dimension, is_stable=is_stable,
                   num_keys=num_keys)[-1]
   return tuple(

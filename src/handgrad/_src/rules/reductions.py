@@ -9,6 +9,7 @@ from jax import lax
 
 from handgrad._src import jaxpr as jaxpr_lib
 from handgrad._src.registry import defvjp
+from handgrad._src.rules import _sharding
 from handgrad._src.rules.arithmetic import _minmax_vjp
 
 
@@ -16,18 +17,11 @@ def _keep_dims_shape(shape, axes):
   return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
 
-def _sharding(x):
-  """x's sharding when it lives on a mesh (sharding in types), else None."""
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  mesh = getattr(sharding, "mesh", None)
-  return None if mesh is None or mesh.empty else sharding
-
-
 def _broadcast_back(ct, shape, axes, like=None):
   """Broadcasts a reduced cotangent back along the reduced ``axes`` to ``shape``, with
   the sharding of the operand ``like`` (as JAX's transpose of a reduction does)."""
   kept = tuple(i for i in range(len(shape)) if i not in axes)
-  sharding = None if like is None else _sharding(like)
+  sharding = None if like is None else _sharding.of(like)
   return lax.broadcast_in_dim(ct, tuple(shape), kept, out_sharding=sharding)
 
 
@@ -195,6 +189,11 @@ def _unflatten_reduced(ct, shape, perm):
   return lax.transpose(ct, tuple(np.argsort(perm)))
 
 
+def _rows_of(v, like):
+  """The scalar v as one row shaped (and sharded) like a row of ``like``."""
+  return lax.broadcast_in_dim(v, (1,) + like.shape[1:], (), out_sharding=_sharding.of(like))
+
+
 def _tree_vjp(g, x, v, op):
   """Cotangents (dx, dv) of JAX's halving tree of ``op`` over axis 0 of ``x``."""
   n = x.shape[0]
@@ -206,7 +205,7 @@ def _tree_vjp(g, x, v, op):
   a, b = lax.slice_in_dim(x, 0, n1), lax.slice_in_dim(x, n1, n)
   padded = n - n1 != n1
   if padded:
-    b = lax.concatenate([b, lax.broadcast_in_dim(v, (1,) + b.shape[1:], ())], 0)
+    b = lax.concatenate([b, _rows_of(v, b)], 0)
   combined = op(a, b)
   ct, dv = _tree_vjp(g, combined, v, op)
   da, db = _minmax_vjp(ct, combined, a, b)
@@ -223,7 +222,7 @@ def _tree(x, v, op):
     n1 = (n + 1) // 2
     a, b = lax.slice_in_dim(x, 0, n1), lax.slice_in_dim(x, n1, n)
     if n - n1 != n1:
-      b = lax.concatenate([b, lax.broadcast_in_dim(v, (1,) + b.shape[1:], ())], 0)
+      b = lax.concatenate([b, _rows_of(v, b)], 0)
     x = op(a, b)
   return lax.broadcast_in_dim(v, x.shape[1:], ()) if x.shape[0] == 0 else lax.squeeze(x, (0,))
 
@@ -253,7 +252,7 @@ def _pairwise_reduce_vjp(g, xs, inits, ops, dims):
     dv = lax.full((), 0, ct.dtype)
     if not _is_identity(v, name):
       t = _tree(flat, v, op)
-      vb = lax.broadcast_in_dim(v, t.shape, ())
+      vb = lax.broadcast_in_dim(v, t.shape, (), out_sharding=_sharding.of(t))
       dvb, ct = _minmax_vjp(ct, op(vb, t), vb, t)
       dv = lax.reduce_sum(dvb, tuple(range(dvb.ndim)))
     dflat, dv_tree = _tree_vjp(ct, flat, v, op)
@@ -314,8 +313,7 @@ def _generic_reduce_vjp(g, xs, inits, jaxpr, dims):
     a = [lax.slice_in_dim(x, 0, m1) for x in flats]
     b = [lax.slice_in_dim(x, m1, m) for x in flats]
     if m - m1 != m1:
-      b = [lax.concatenate([bi, lax.broadcast_in_dim(lax.convert_element_type(v, bi.dtype),
-                                                      (1,) + bi.shape[1:], ())], 0)
+      b = [lax.concatenate([bi, _rows_of(lax.convert_element_type(v, bi.dtype), bi)], 0)
            for bi, v in zip(b, inits)]
     levels.append((a, b, m, m1))
     flats = combine(a, b)

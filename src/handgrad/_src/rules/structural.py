@@ -12,6 +12,7 @@ import numpy as np
 from jax import lax
 
 from handgrad._src.registry import defvjp
+from handgrad._src.rules import _sharding
 
 
 # z = broadcast_in_dim(x, shape, dims):  dx = g summed over the new dimensions and
@@ -126,14 +127,19 @@ def _pad_vjp(g, ans, x, padding_value, *, padding_config):
   return dx, lax.convert_element_type(dv, lax.dtype(padding_value))
 
 
-# z = tile(x, reps):  dx = g summed over the copies.
+# z = tile(x, reps):  dx = g summed over the copies.  The copies axis of each pair is
+# unsharded and the operand's axis keeps its sharding, as in JAX's transpose.
 @defvjp("tile")
 def _tile_vjp(g, ans, x, *, reps):
   shape = []
-  for r, n in zip(reps, x.shape):
+  for r, n in zip(reps, np.shape(x)):
     shape += [r, n]
-  ct = lax.reshape(g, tuple(shape))
-  return (lax.reduce_sum(ct, tuple(range(0, 2 * x.ndim, 2))),)
+  sharding = _sharding.of(x)
+  if sharding is not None:
+    parts = tuple(sharding.spec) + (None,) * (np.ndim(x) - len(sharding.spec))
+    sharding = sharding.update(spec=tuple(s for p in parts for s in (None, p)))
+  ct = lax.reshape(g, tuple(shape), out_sharding=sharding)
+  return (lax.reduce_sum(ct, tuple(range(0, 2 * np.ndim(x), 2))),)
 
 
 # z = stack(x₁, …, xₙ) along a new axis:  dxᵢ = g[…, i, …] (the i-th slice, squeezed).
