@@ -200,36 +200,37 @@ def _scatter_mul_vjp(g, ans, x, indices, updates, *, update_jaxpr, update_consts
 #   du = gather(g)·[u attains]/(n + r),
 #   dx = g − scatter_add(gather(g)·(1 − r/(n + r))/c)   (the old value's share is
 #        1/(n + r) if it attains the result, else 0).
-# As in JAX's rule, the reads that build the counts (and the read of the old value's
-# cotangent, transposed here) use lax.gather's default mode PROMISE_IN_BOUNDS, the
-# count scatters lax.scatter_add's default FILL_OR_DROP, whatever the scatter's mode.
+# Every read and count uses the scatter's own mode, as jax ≥ 0.12 does: a dropped
+# update reads NaN, attains nothing and gets nothing.  (jax 0.10 and 0.11 read with
+# PROMISE_IN_BOUNDS and count with FILL_OR_DROP, so an out-of-bounds update under
+# mode=clip or drop can get an infinite or NaN cotangent there; in bounds both agree.)
 def _scatter_extremal_vjp(name, op):
   def rule(g, ans, x, indices, updates, *, update_jaxpr, update_consts, dimension_numbers,
            indices_are_sorted, unique_indices, mode):
     _check_body(name, update_jaxpr, update_consts, op)
     mode = _check_mode(name, mode)
     d = dimension_numbers
-    fill = lax.GatherScatterMode.FILL_OR_DROP
-    promise = lax.GatherScatterMode.PROMISE_IN_BOUNDS
+    kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices,
+              mode=mode)
     gd, sizes = _gather_dnums(d), _slice_sizes(np.shape(x), np.shape(updates), d)
-    read = lambda a: lax.gather(a, indices, gd, sizes, mode=promise)
+    read = lambda a: lax.gather(a, indices, gd, sizes, **kw)
     initial, target = read(x), read(ans)
     won = lax.eq(updates, target)
     kept = lax.eq(initial, target)
     one_u, zero_u = lax.full_like(updates, 1), lax.full_like(updates, 0)
     zeros_x = lax.full_like(x, 0)
-    n = read(lax.scatter_add(zeros_x, indices, lax.select(won, one_u, zero_u), d, mode=fill))
-    refs = read(lax.scatter_add(zeros_x, indices, one_u, d, mode=fill))
+    n = read(lax.scatter_add(zeros_x, indices, lax.select(won, one_u, zero_u), d, **kw))
+    refs = read(lax.scatter_add(zeros_x, indices, one_u, d, **kw))
     one = lax.full_like(n, 1)
     u_share = lax.select(kept, lax.div(one, lax.add(n, one)), lax.div(one, n))
     u_coef = lax.select(won, u_share, lax.full_like(n, 0))
     x_share = lax.select(kept, lax.div(one, lax.add(n, one)), lax.full_like(n, 0))
     x_coef = lax.div(lax.add(lax.full_like(n, -1), x_share), refs)
-    kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
-    gu = _read_back(g, indices, x, updates, d, mode, **kw)  # transpose of the scatter_add
+    gu = _read_back(g, indices, x, updates, d, mode, indices_are_sorted=indices_are_sorted,
+                    unique_indices=unique_indices)  # the transpose of the scatter_add
     du = lax.mul(gu, lax.convert_element_type(u_coef, g.dtype))
     back = lax.mul(gu, lax.convert_element_type(x_coef, g.dtype))
-    dx = lax.add(g, lax.scatter_add(lax.full_like(g, 0), indices, back, d, mode=promise))
+    dx = lax.add(g, lax.scatter_add(lax.full_like(g, 0), indices, back, d, **kw))
     return dx, None, lax.convert_element_type(du, lax.dtype(updates))
   return rule
 
