@@ -18,29 +18,32 @@ from handgrad._src.rules import _sharding
 # z = broadcast_in_dim(x, shape, dims):  dx = g summed over the new dimensions and
 # over the dimensions where x had size 1 but z does not, then reshaped to x.
 @defvjp("broadcast_in_dim")
-def _broadcast_in_dim_vjp(g, ans, x, *dyn_shape, shape, broadcast_dimensions, **params):
+def _broadcast_in_dim_vjp(g, ans, x, *dyn_shape, shape, broadcast_dimensions, sharding=None):
   new_dims = [d for d in range(len(shape)) if d not in broadcast_dimensions]
   expanded = [bd for i, bd in enumerate(broadcast_dimensions)
               if x.shape[i] == 1 and shape[bd] != 1]
   axes = tuple(sorted(new_dims + expanded))
   ct = lax.reduce_sum(g, axes) if axes else g
-  return (lax.reshape(ct, x.shape), *([None] * len(dyn_shape)))
+  return (lax.reshape(ct, x.shape, out_sharding=_sharding.of(x)), *([None] * len(dyn_shape)))
 
 
 # z = reshape(x):  dx = reshape(g) back to x's shape.  With ``dimensions`` (Fortran
 # order, ``ravel(order="F")``) reshape first transposes x by ``dimensions``, so the
 # cotangent is reshaped to the transposed shape and transposed back (as in JAX).
+# ``sharding`` is the output's; the cotangent takes the operand's.
 @defvjp("reshape")
-def _reshape_vjp(g, ans, x, *dyn, dimensions=None, **params):
+def _reshape_vjp(g, ans, x, *dyn, new_sizes=None, dimensions=None, sharding=None):
   if dimensions is None:
-    return (lax.reshape(g, x.shape), *([None] * len(dyn)))
-  ct = lax.reshape(g, tuple(np.take(x.shape, dimensions)))
+    return (lax.reshape(g, x.shape, out_sharding=_sharding.of(x)), *([None] * len(dyn)))
+  ct = lax.reshape(g, tuple(np.take(x.shape, dimensions)),
+                   out_sharding=_sharding.permuted(x, dimensions))
   return (lax.transpose(ct, tuple(np.argsort(dimensions))), *([None] * len(dyn)))
 
 
 # Squeeze moves no data either.  (expand_dims is not a primitive: it lowers to
 # broadcast_in_dim.)
-defvjp("squeeze", lambda g, ans, x, *, dimensions: (lax.reshape(g, x.shape),))
+defvjp("squeeze", lambda g, ans, x, *, dimensions: (
+    lax.reshape(g, x.shape, out_sharding=_sharding.of(x)),))
 
 # z = transpose(x, perm):  dx = transpose(g, perm⁻¹)
 defvjp("transpose", lambda g, ans, x, *, permutation: (
