@@ -354,3 +354,22 @@ def test_hessian_matches_jax(name):
   x = np.array([0.3, -1.1, 0.8, 1.7, -0.6, 1.2], np.float32)
   np.testing.assert_allclose(np.asarray(hg.hessian(f)(x)), np.asarray(jax.hessian(f)(x)),
                              rtol=1e-5, atol=1e-5)
+
+
+# --- integer outputs, copies ----------------------------------------------------------
+
+def test_argmax_argmin_indices_carry_no_gradient():
+  x = np.array([[1.0, 3.0, 3.0], [2.0, -1.0, 0.5]], np.float32)
+  f = lambda x: jnp.sum(jnp.take_along_axis(x, jnp.argmax(x, 1, keepdims=True), 1)
+                        * jnp.take_along_axis(x, jnp.argmin(x, 1, keepdims=True), 1))
+  assert_exact(f, x)
+  idx = lambda x: jnp.argmax(x, 0).astype(jnp.float32) * jnp.max(x, 0)
+  assert_exact(lambda x: jnp.sum(idx(x)), x)
+
+
+def test_copies_and_reduce_precision():
+  x = np.array([1.0, 3.0, -2.5], np.float32)
+  assert_exact(lambda x: jnp.sum(jnp.sin(lax.copy_p.bind(x))), x)
+  assert_exact(lambda x: jnp.sum(jnp.sin(jnp.array(x, copy=True))), x)
+  assert_exact(lambda x: jnp.sum(W[:3] * lax.reduce_precision(jnp.sin(x), exponent_bits=4,
+                                                               mantissa_bits=3)), x)
