@@ -339,7 +339,8 @@ HESSIANS = {
     "unstack": lambda x: sum(jnp.sum(t ** 3) for t in jnp.unstack(x.reshape(2, 3))),
     "top_k": lambda x: jnp.sum(lax.top_k(x ** 2, 3)[0] * W[:3]),
     "scatter-max": lambda x: jnp.sum(jax.ops.segment_max(x ** 3, np.array([0, 0, 1, 1, 2, 2]), 3)),
-    "scatter-mul": lambda x: jnp.sum(x.at[np.array([0, 2])].multiply(x[3:5] ** 2, unique_indices=True)),
+    "scatter-mul": lambda x: jnp.sum(
+        x.at[np.array([0, 2])].multiply(x[3:5] ** 2, unique_indices=True)),
     "dynamic_slice": lambda x: jnp.sum(lax.dynamic_slice_in_dim(x ** 3, -8, 2)),
     "pad": lambda x: jnp.sum(lax.pad(x ** 2, 0.5, ((-1, 2, 1),)) ** 2),
     "reduce": lambda x: jnp.sum(_tuple_reduce(x.reshape(3, 2) ** 2, x.reshape(3, 2) ** 3)[1]),

@@ -1,4 +1,5 @@
-"""Indexing: gather and its transpose, scatter-add; scatter (``x.at[i].set``); sort.
+"""Indexing: gather; the scatters (``x.at[i].set/add/subtract/multiply/min/max``,
+``jax.ops.segment_*``); sort (argsort) and top_k.
 
 ``x[i]``, ``jnp.take``, ``jnp.take_along_axis`` and advanced indexing lower to
 ``gather``.  Gather reads slices of the operand at the given start indices, so its
@@ -6,6 +7,10 @@ transpose *adds* the cotangent slices back at the same places: a ``scatter-add``
 zeros.  Repeated indices therefore accumulate blame, as they must.  Out-of-bounds
 handling (``mode``) is the same on both sides: a clamped read adds into the clamped
 place, and a filled read (``FILL_OR_DROP``) drops its cotangent.
+
+A scatter's ``update_jaxpr`` is the function its lowering computes, so each scatter
+rule checks that body is its own combine (``add`` for scatter-add, none for a plain
+overwrite) and refuses any other by name.
 """
 
 from __future__ import annotations

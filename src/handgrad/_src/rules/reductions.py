@@ -1,4 +1,5 @@
-"""Reductions and cumulative reductions (sum, product, max, min, log-sum-exp)."""
+"""Reductions and cumulative reductions (sum, product, max, min, log-sum-exp), the
+logical reductions, and the variadic ``reduce`` of ``lax.reduce``."""
 
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ for _name in ("reduce_and", "reduce_or", "reduce_xor"):
   defvjp(_name, lambda g, ans, x, **params: (None,))
 
 
-# --- variadic reduce -------------------------------------------------------------------
+# --- variadic reduce ---------------------------------------------------------------
 # (z₁, …, zₙ) = reduce((x₁, …, xₙ), (v₁, …, vₙ), body, dims): ``lax.reduce`` of a tuple,
 # or of one operand whose initial value is not the identity of its monoid (JAX binds
 # reduce_sum/reduce_max/… otherwise).  Bodies that combine each pair on its own,

@@ -1,7 +1,9 @@
-"""Shape and layout operations: broadcast, reshape, transpose, slicing, padding.
+"""Shape and layout operations: broadcast, reshape, transpose, slicing, padding,
+stack/unstack, device_put.
 
 All of these are linear in their array operand, so each rule is the transpose of the
-operation: broadcast ↔ sum, slice ↔ pad with zeros, concatenate ↔ split.
+operation: broadcast ↔ sum, slice ↔ pad with zeros, concatenate ↔ split,
+stack ↔ unstack.  Cotangents keep their operand's sharding.
 """
 
 from __future__ import annotations

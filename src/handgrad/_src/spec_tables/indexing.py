@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from handgrad._src.specs import (UNARY, VECTORS, RuleSpec, booleans, choice, distinct,
-                                 fixed, integers, normal, permutation)
+from handgrad._src.specs import (UNARY, VECTORS, RuleSpec, choice, distinct, integers,
+                                 normal, permutation)
 
 
 def _gate(reduce):
@@ -29,9 +29,14 @@ def _pair_reduce(x, y):
                     lambda a, b: (lax.add(a[0], b[0]), lax.max(a[1], b[1])), (0,))
 
 
+def _times_constants(x, i):
+  # x.at[i].multiply(c) with constant factors c: only the operand is differentiated.
+  c = np.linspace(-2, 2, i.size, dtype=x.dtype).reshape(i.shape + (1,) * (x.ndim - 1))
+  return x.at[i].multiply(c)
+
+
 def table() -> list[RuleSpec]:
   S = RuleSpec
-  mode = lambda m: dict(mode=m)
   return [
       # --- dynamic slicing: starts out of range on either side -------------------------
       S("dynamic_slice", lambda x: lax.dynamic_index_in_dim(x, -8, 0), (((5, 5),), ((2, 3),)),
@@ -91,7 +96,7 @@ def table() -> list[RuleSpec]:
       S("scatter-mul", lambda x, i, u: x.at[i].multiply(u, mode="drop", unique_indices=True),
         (((5,), (5,), (5,)),), (normal(), lambda r, s, d: (np.arange(5) * 2).astype(np.int32),
                                 normal()), label="out of bounds, drop"),
-      S("scatter-mul", lambda x, i: x.at[i].multiply(np.linspace(-2, 2, i.size, dtype=x.dtype).reshape(i.shape + (1,) * (x.ndim - 1))),
+      S("scatter-mul", _times_constants,
         (((5,), (6,)), ((3, 2), (4,))), (normal(), integers(0, 3)),
         label="repeated indices, operand",
         note="jax.vjp refuses the updates' cotangent with repeated indices; tests/_src/rules/"
