@@ -35,3 +35,12 @@ def zeros_like(x):
 def like(value, x):
   """A scalar constant with ``x``'s dtype."""
   return np.array(value, dtype=x.dtype)
+
+
+def zeros_where_missing(cts, outs) -> list:
+  """A multi-output rule's cotangents with zeros where no blame arrived (``None``).
+
+  The engine passes ``None`` for an output that received no blame; a rule whose math
+  needs every output's cotangent as an array uses this.
+  """
+  return [zeros_like(o) if ct is None else ct for ct, o in zip(cts, outs)]

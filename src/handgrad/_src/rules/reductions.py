@@ -11,6 +11,7 @@ from jax import lax
 from handgrad._src import jaxpr as jaxpr_lib
 from handgrad._src.registry import defvjp
 from handgrad._src.rules import _sharding
+from handgrad._src.rules._common import zeros_where_missing
 from handgrad._src.rules.arithmetic import _minmax_vjp
 
 
@@ -342,6 +343,7 @@ def _generic_reduce_vjp(g, xs, inits, jaxpr, dims):
 def _reduce_vjp(g, ans, *args, computation, jaxpr, dimensions):
   n = len(args) // 2
   xs, inits = args[:n], args[n:]
+  g = zeros_where_missing(g, ans)
   dims = tuple(sorted(dimensions))
   ops = jaxpr_lib.pairwise_ops(jaxpr)
   if ops is not None and set(ops) <= {"add", "max", "min"}:

@@ -15,7 +15,7 @@ from jax import lax
 
 from handgrad._src.registry import defvjp
 from handgrad._src.rules import _sharding
-from handgrad._src.rules._common import zeros_like
+from handgrad._src.rules._common import zeros_where_missing
 
 
 # z = broadcast_in_dim(x, shape, dims):  dx = g summed over the new dimensions and
@@ -70,8 +70,7 @@ def _concatenate_vjp(g, ans, *xs, dimension):
 # (z₁, …, zₙ) = split(x) along axis:  dx = concatenate(g₁, …, gₙ)
 @defvjp("split")
 def _split_vjp(g, ans, x, *, sizes, axis):
-  g = [zeros_like(z) if ct is None else ct for ct, z in zip(g, ans)]  # None: no blame
-  return (lax.concatenate(g, axis),)
+  return (lax.concatenate(zeros_where_missing(g, ans), axis),)
 
 
 # z = x[start:limit:stride]:  dx = g placed back with zeros around and between.
@@ -163,6 +162,7 @@ def _stack_vjp(g, ans, *xs, axis):
 # axis (each gets a size-1 axis, then one concatenate).
 @defvjp("unstack")
 def _unstack_vjp(g, ans, x, *, axis):
+  g = zeros_where_missing(g, ans)
   parts = [lax.broadcast_in_dim(ct, ct.shape[:axis] + (1,) + ct.shape[axis:],
                                 tuple(d for d in range(ct.ndim + 1) if d != axis))
            for ct in g]
@@ -196,6 +196,7 @@ def _device_put_vjp(g, ans, *xs, devices, srcs, copy_semantics):
       if getattr(space, "name", None) == "Host":
         src = space
     back_to.append(src)
+  g = zeros_where_missing(g, ans)
   cts = lax.device_put_p.bind(*[g[i] for i in idx], devices=tuple(back_to),
                               srcs=tuple(devices[i] for i in idx),
                               copy_semantics=tuple(copies))
