@@ -23,3 +23,14 @@ def primitive_names(jaxpr: Any) -> list[str]:
   sum, a max or a plain overwrite from anything else, and raise on anything else.
   """
   return [eqn.primitive.name for eqn in unwrap(jaxpr).eqns]
+
+
+# -------------------------------------------------------------------------------------
+# Primitives by release.
+
+def has_primitive(name: str) -> bool:
+  """Whether this JAX release has the primitive ``name`` (``log2`` and
+  ``one_minus_square`` arrived in jax 0.11, ``polynomial`` in jax 0.12): rules for
+  newer primitives are registered only where their primitive exists."""
+  from jax.extend.core import primitives
+  return getattr(primitives, f"{name}_p", None) is not None
