@@ -42,6 +42,7 @@ from handgrad import ops
 from handgrad._src import api
 from handgrad._src import check
 from handgrad._src import engine
+from handgrad._src import jaxpr
 from handgrad._src import layer_ops
 from handgrad._src import registry
 from handgrad._src.rules.layers import _attention_with_weights
@@ -257,6 +258,39 @@ def _masked(softmax):
 # -------------------------------------------------------------------------------------
 # The table.
 
+def _newer_primitive_specs() -> list[RuleSpec]:
+  """Specs of elementwise primitives newer than jax 0.10 (``log2`` and
+  ``one_minus_square`` since 0.11, ``polynomial`` since 0.12), where they exist: their
+  rules are registered only there."""
+  S, out = RuleSpec, []
+  if jaxpr.has_primitive("log2"):
+    out += [S("log2", lax.log2, UNARY, uniform(0.1, 3.0)),
+            S("log2", lax.log2, UNARY, uniform(0.1, 3.0), dtypes=COMPLEX_DTYPES,
+              label="complex")]
+  if jaxpr.has_primitive("one_minus_square"):
+    out += [S("one_minus_square", lax.one_minus_square, UNARY),
+            S("one_minus_square", lax.one_minus_square, UNARY, choice((1e-30, -1e-20)),
+              fd=False, label="tiny x", note="−2x·g, not the (1−x) − (1+x) that rounds to 0"),
+            S("one_minus_square", lax.one_minus_square, UNARY, dtypes=COMPLEX_DTYPES,
+              label="complex")]
+  if jaxpr.has_primitive("polynomial"):
+    poly = lambda x, c0, c1, c2, c3: lax.polynomial(x, [c0, c1, c2, c3])
+    out += [
+        S("polynomial", poly, (((),) * 5, ((2, 3),) * 5, ((2, 3), (), (1, 3), (2, 1), ()),
+                               ((1, 3), (2, 3), (), (), (2, 3)))),
+        S("polynomial", lambda x: lax.polynomial(x, [0.5, -1.0, 2.0]), UNARY,
+          label="literal coefficients"),
+        S("polynomial", lambda x, c0, c1: lax.polynomial(x, [c0, c1, c0, c1, c0, c1, c0, c1,
+                                                             c0, c1], unroll=2),
+          (((2, 3), (), ()),), uniform(-1.0, 1.0), label="degree 9, unroll=2"),
+        S("polynomial", lambda x, c: jnp.polyval(c, x), (((2, 3), (4,)), ((), (2,))),
+          label="jnp.polyval"),
+        S("polynomial", jnp.sinc, UNARY, away_from_zero(0.1, 3.0), label="jnp.sinc"),
+        S("polynomial", poly, (((2, 3),) * 5,), dtypes=COMPLEX_DTYPES, label="complex"),
+    ]
+  return out
+
+
 def _table() -> list[RuleSpec]:
   S = RuleSpec
   pos, unit = uniform(0.1, 3.0), uniform(-0.9, 0.9)
@@ -373,6 +407,7 @@ def _table() -> list[RuleSpec]:
       S("erf", lax.erf, UNARY),
       S("erfc", lax.erfc, UNARY),
       S("erf_inv", lax.erf_inv, UNARY, unit),
+      *_newer_primitive_specs(),
       # --- reductions.py -----------------------------------------------------------
       S("reduce_sum", _all_axes(lax.reduce_sum), ALL_RANKS, label="all axes"),
       S("reduce_sum", _last_axis(lax.reduce_sum), VECTORS + (((2, 0),), ((0, 2),)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from handgrad._src import jaxpr
 from handgrad._src.registry import defvjp, defvjp_each, defvjp_unary
 from handgrad._src.rules._common import (
     broadcast_to, is_complex, like, replace_zero, sum_to, zeros_like)
@@ -123,6 +124,27 @@ defvjp_each("pow", _pow_dx, _pow_dy)
 # z = x mod y (truncated):  dx = g,  dy = -g·sign(x/y)·floor(|x/y|)
 defvjp_each("rem", lambda g, ans, x, y: g,
             lambda g, ans, x, y: -g * (lax.sign(x / y) * lax.floor(lax.abs(x / y))))
+
+
+# z = Σₖ cₖ·xᵏ (Horner, coefficients from the constant term up; jax ≥ 0.12):
+#   dx = g·Σₖ k·cₖ·xᵏ⁻¹ (the derivative, a polynomial one degree lower, as JAX writes it),
+#   dcₖ = g·xᵏ (each summed back over its broadcast dimensions).
+# The derivative is holomorphic: no conjugation for complex operands.  ``unroll`` only
+# selects how the forward pass is lowered; the derivative polynomial gets the same.
+def _polynomial_vjp(g, ans, x, *coeffs, unroll=None):
+  kw = {} if unroll is None else {"unroll": unroll}
+  slopes = [like(k, c) * c for k, c in enumerate(coeffs[1:], 1)]
+  dx = g * lax.polynomial(x, slopes, **kw) if slopes else None
+  dcoeffs, xk = [], g
+  for k, c in enumerate(coeffs):
+    dcoeffs.append(sum_to(xk, c))
+    if k + 1 < len(coeffs):
+      xk = xk * x
+  return (None if dx is None else sum_to(dx, x), *dcoeffs)
+
+
+if jaxpr.has_primitive("polynomial"):
+  defvjp("polynomial", _polynomial_vjp)
 
 # Piecewise-constant functions: zero derivative everywhere JAX defines one.
 # (nextafter has no rule: JAX defines no derivative for it, and x ↦ nextafter(x, y) is
