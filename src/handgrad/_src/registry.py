@@ -32,7 +32,10 @@ rule *receives*:
 
 Every kind of rule *returns* ``None`` for an input that gets no blame (an index, a
 comparison's operand, a constant); the engine also discards what a rule returns for an
-input that is not being differentiated.
+input that is not being differentiated.  For an input whose derivative is not defined
+(JAX raises for it, e.g. ``polygamma`` in its order) a rule returns
+``NotDifferentiable(reason)``: harmless while that input is not differentiated, a
+``RuleError`` naming the rule and the argument when it is.
 
 Complex numbers follow JAX's convention: the VJP is the transpose of the R-linear JVP
 under the pairing ``⟨a, b⟩ = Re Σ a·b``, so for a holomorphic ``f`` the cotangent is
@@ -64,6 +67,17 @@ registry: types.MappingProxyType[str, Rule] = types.MappingProxyType(_RULES)
 
 class RuleError(ValueError):
   """A rule returned the wrong number, shape or dtype of cotangents."""
+
+
+class NotDifferentiable:
+  """What a rule returns for an argument whose derivative is not defined; the engine
+  raises a :class:`RuleError` if that argument is being differentiated."""
+
+  def __init__(self, why: str):
+    self.why = why
+
+  def __repr__(self) -> str:
+    return f"NotDifferentiable({self.why!r})"
 
 
 def defvjp(name: str, rule: Rule | None = None):

@@ -2,7 +2,7 @@
 
 Where JAX defines no derivative (``polygamma`` in its order ``m``, the incomplete beta
 function in ``a`` and ``b``) the rule returns :class:`NotDifferentiable` for that
-argument: harmless while no gradient is asked there, and the engine raises a
+argument (see :mod:`handgrad._src.registry`): harmless while no gradient is asked there, and the engine raises a
 ``RuleError`` (a ``ValueError``, the error ``jax.grad`` raises) naming the rule and the
 argument when one is.  Primitives JAX gives no derivative at all (``zeta``,
 ``igamma_grad_a``, and so second derivatives of ``igamma`` in ``a`` and of gamma
@@ -16,18 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from handgrad._src.registry import defvjp, defvjp_each, defvjp_unary
+from handgrad._src.registry import NotDifferentiable, defvjp, defvjp_each, defvjp_unary
 from handgrad._src.rules._common import like
-
-
-class NotDifferentiable:
-  """Stands for the cotangent of an argument JAX does not differentiate."""
-
-  def __init__(self, why: str):
-    self.why = why
-
-  def __repr__(self) -> str:
-    return f"NotDifferentiable({self.why!r})"
 
 
 # d lgamma(x) = ψ(x)·g
