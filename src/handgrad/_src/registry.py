@@ -21,9 +21,10 @@ layer-level operation names (``"dense"``, ``"softmax_cross_entropy"``, ...).  Se
 "No blame" (a symbolic zero) is ``None`` throughout, with one difference in what a
 rule *receives*:
 
-* A primitive rule is called only when at least one of its outputs has blame; an
-  output without blame arrives as zeros of its shape and dtype (the engine
-  instantiates them), so ``g`` is always an array or a tuple of arrays.
+* A primitive rule is called only when at least one of its outputs has blame and at
+  least one of its inputs is being differentiated; an output without blame arrives
+  as zeros of its shape and dtype (the engine instantiates them), so ``g`` is always
+  an array or a tuple of arrays.
 * A layer-level operation's rule receives ``None`` for an output without blame (a
   multi-output layer op such as ``attention_weights``, whose weights are returned for
   the backward pass only), so it can skip that term instead of multiplying zeros.
