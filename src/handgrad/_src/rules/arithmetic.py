@@ -2,8 +2,12 @@
 
 Each rule follows JAX's convention at its kinks and ties exactly, so that "equals
 ``jax.grad``" holds everywhere: ``max``/``min`` split a tie evenly between the two
-operands; ``abs'(0) = +1``; ``sign``, ``floor``, ``ceil`` and ``round`` have zero
-derivative; comparisons carry no gradient.
+operands; ``abs'(0) = +1``; ``sign`` of a real operand, ``floor``, ``ceil`` and
+``round`` have zero derivative; comparisons carry no gradient.
+
+On complex operands the holomorphic rules (``add`` … ``div``, powers, ``polynomial``)
+are ``g · f'(x)`` with no conjugation, JAX's convention; ``abs`` and ``sign`` are not
+holomorphic and transpose their R-linear JVPs (see each rule).
 """
 
 from __future__ import annotations
