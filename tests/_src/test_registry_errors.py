@@ -111,3 +111,30 @@ def test_user_layer_op_with_its_own_rule():
     assert calls == [3.0]
   finally:
     registry_lib._RULES.pop("scaled_square")
+
+
+def test_defvjp_unary_and_defvjp_each_build_full_rules():
+  from jax import lax
+  with temporary_rule("sin", hg.registry["sin"]):
+    registry_lib.defvjp_unary("sin", lambda g, ans, x, accuracy=None: g * lax.cos(x) * 2)
+    rule = hg.registry["sin"]
+    x = jnp.arange(3.0)
+    (dx,) = rule(jnp.ones(3), jnp.sin(x), x, accuracy=None)
+    assert jnp.allclose(dx, 2 * jnp.cos(x))
+    assert jnp.allclose(hg.grad(lambda x: jnp.sum(jnp.sin(x)))(x), 2 * jnp.cos(x))
+  with temporary_rule("add", hg.registry["add"]):
+    # one expression per argument, summed back over the broadcast dimensions; None = no blame
+    registry_lib.defvjp_each("add", lambda g, ans, x, y: g, None)
+    x, y = jnp.ones((2, 3)), jnp.ones((1, 3))
+    dx, dy = hg.registry["add"](jnp.ones((2, 3)), x + y, x, y)
+    assert dx.shape == (2, 3) and dy is None
+    g = hg.grad(lambda x, y: jnp.sum(x + y), (0, 1))(x, y)
+    assert g[1].shape == (1, 3) and float(jnp.sum(jnp.abs(g[1]))) == 0.0
+
+
+def test_defvjp_each_with_the_wrong_arity_names_the_rule():
+  with temporary_rule("add", hg.registry["add"]):
+    registry_lib.defvjp_each("add", lambda g, ans, x, y: g)
+    with pytest.raises(hg.RuleError,
+                       match="'add' has 1 argument expressions"):
+      hg.grad(lambda x: jnp.sum(x + 1.0))(jnp.ones(2))

@@ -28,6 +28,8 @@ TOLERANCES: dict[str, tuple[float, float]] = {  # dtype name -> (rtol, atol)
     "float32": (1e-5, 1e-5),
     "bfloat16": (1.6e-2, 1e-3),
     "float16": (1e-3, 1e-3),
+    "complex128": (1e-7, 1e-7),  # complex values: the tolerance of their parts' dtype
+    "complex64": (1e-5, 1e-5),
 }
 
 
@@ -77,7 +79,8 @@ def compare(name: str, reference: str, actual: Any, expected: Any,
     tol_dtype = e.dtype if tol_dtype is None else tol_dtype
     r, t = tolerance(e.dtype)
     rtol_, atol_ = (r if rtol is None else rtol), (t if atol is None else atol)
-    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(e) else np.float64
+    a64, e64 = a.astype(wide), e.astype(wide)
     finite = np.isfinite(e64)
     if not np.array_equal(np.isfinite(a64), finite) or not np.array_equal(
         a64[~finite], e64[~finite], equal_nan=True):

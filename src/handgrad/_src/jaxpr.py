@@ -475,3 +475,14 @@ def pairwise_ops(jaxpr: Any) -> list[str] | None:
     else:
       return None
   return names
+
+
+# -------------------------------------------------------------------------------------
+# Primitives by release.
+
+def has_primitive(name: str) -> bool:
+  """Whether this JAX release has the primitive ``name`` (``log2`` and
+  ``one_minus_square`` arrived in jax 0.11, ``polynomial`` in jax 0.12): rules for
+  newer primitives are registered only where their primitive exists."""
+  from jax.extend.core import primitives
+  return getattr(primitives, f"{name}_p", None) is not None

@@ -51,6 +51,9 @@ Shape = tuple[int, ...]
 Sampler = Callable[[np.random.Generator, Shape, np.dtype], np.ndarray]
 
 DTYPES = ("float32", "float64")
+#: Complex dtypes a spec may list too: its samplers draw real and imaginary parts, its
+#: cotangents are complex, and complex128 has finite differences along both parts.
+COMPLEX_DTYPES = ("complex64", "complex128")
 # Central differences with eps = 1e-6 are accurate to O(eps²) plus rounding
 # O(1e-16 · |f| / eps): these bounds, the ones of check_grad, hold for every spec.
 FD_EPS, FD_RTOL, FD_ATOL = 1e-6, 1e-5, 1e-6
@@ -68,20 +71,32 @@ def _as(values, dtype, own_dtype):
   return np.asarray(values, dtype=own_dtype or dtype)
 
 
+def _parts(draw, dt, own_dtype):
+  """``draw()`` as real values, or, when the dtype under test is complex (and the
+  sampler has no dtype of its own), ``draw() + i·draw()``: both parts in the domain."""
+  if own_dtype is None and np.issubdtype(dt, np.complexfloating):
+    return draw() + 1j * draw()
+  return draw()
+
+
 def normal(scale: float = 1.0, dtype: str | None = None) -> Sampler:
-  """Standard normal values times ``scale``."""
-  return lambda rng, shape, dt: _as(scale * rng.standard_normal(shape), dt, dtype)
+  """Standard normal values times ``scale`` (real and imaginary parts for complex)."""
+  return lambda rng, shape, dt: _as(
+      _parts(lambda: scale * rng.standard_normal(shape), dt, dtype), dt, dtype)
 
 
 def uniform(lo: float, hi: float, dtype: str | None = None) -> Sampler:
-  """Uniform values in ``[lo, hi)``: a domain away from a rule's singularities."""
-  return lambda rng, shape, dt: _as(rng.uniform(lo, hi, shape), dt, dtype)
+  """Uniform values in ``[lo, hi)``: a domain away from a rule's singularities (for a
+  complex dtype, each part in ``[lo, hi)``)."""
+  return lambda rng, shape, dt: _as(
+      _parts(lambda: rng.uniform(lo, hi, shape), dt, dtype), dt, dtype)
 
 
 def away_from_zero(lo: float = 0.5, hi: float = 2.0) -> Sampler:
-  """Values with ``lo ≤ |x| < hi`` and random sign (denominators, kinks at 0)."""
-  return lambda rng, shape, dt: _as(
-      rng.choice([-1.0, 1.0], shape) * rng.uniform(lo, hi, shape), dt, None)
+  """Values with ``lo ≤ |x| < hi`` and random sign (denominators, kinks at 0); for a
+  complex dtype, each part so."""
+  return lambda rng, shape, dt: _as(_parts(
+      lambda: rng.choice([-1.0, 1.0], shape) * rng.uniform(lo, hi, shape), dt, None), dt, None)
 
 
 def distinct(lo: float = -2.0, hi: float = 2.0) -> Sampler:
@@ -160,8 +175,9 @@ class RuleSpec:
       raise ValueError(f"{self.id}: {len(self.sampler)} samplers for {arity} arguments")
     if self.float32_tol is not None and not self.note:
       raise ValueError(f"{self.id}: a float32 tolerance override needs a note saying why")
-    if not set(self.dtypes) <= set(DTYPES):
-      raise ValueError(f"{self.id}: dtypes must be among {DTYPES}, got {self.dtypes}")
+    if not set(self.dtypes) <= set(DTYPES + COMPLEX_DTYPES):
+      raise ValueError(f"{self.id}: dtypes must be among {DTYPES + COMPLEX_DTYPES}, "
+                       f"got {self.dtypes}")
 
   @property
   def id(self) -> str:
@@ -178,7 +194,7 @@ class RuleSpec:
   def tolerance(self, dtype: str) -> tuple[float | None, float | None]:
     """(rtol, atol) for the comparison against ``jax.vjp``; ``None`` means the default
     of each compared value's dtype."""
-    if dtype == "float32" and self.float32_tol is not None:
+    if dtype in ("float32", "complex64") and self.float32_tol is not None:
       return self.float32_tol
     return None, None
 
@@ -239,6 +255,39 @@ def _masked(softmax):
 
 # -------------------------------------------------------------------------------------
 # The table.
+
+def _newer_primitive_specs() -> list[RuleSpec]:
+  """Specs of elementwise primitives newer than jax 0.10 (``log2`` and
+  ``one_minus_square`` since 0.11, ``polynomial`` since 0.12), where they exist: their
+  rules are registered only there."""
+  S, out = RuleSpec, []
+  if hj.has_primitive("log2"):
+    out += [S("log2", lax.log2, UNARY, uniform(0.1, 3.0)),
+            S("log2", lax.log2, UNARY, uniform(0.1, 3.0), dtypes=COMPLEX_DTYPES,
+              label="complex")]
+  if hj.has_primitive("one_minus_square"):
+    out += [S("one_minus_square", lax.one_minus_square, UNARY),
+            S("one_minus_square", lax.one_minus_square, UNARY, choice((1e-30, -1e-20)),
+              fd=False, label="tiny x", note="−2x·g, not the (1−x) − (1+x) that rounds to 0"),
+            S("one_minus_square", lax.one_minus_square, UNARY, dtypes=COMPLEX_DTYPES,
+              label="complex")]
+  if hj.has_primitive("polynomial"):
+    poly = lambda x, c0, c1, c2, c3: lax.polynomial(x, [c0, c1, c2, c3])
+    out += [
+        S("polynomial", poly, (((),) * 5, ((2, 3),) * 5, ((2, 3), (), (1, 3), (2, 1), ()),
+                               ((1, 3), (2, 3), (), (), (2, 3)))),
+        S("polynomial", lambda x: lax.polynomial(x, [0.5, -1.0, 2.0]), UNARY,
+          label="literal coefficients"),
+        S("polynomial", lambda x, c0, c1: lax.polynomial(x, [c0, c1, c0, c1, c0, c1, c0, c1,
+                                                             c0, c1], unroll=2),
+          (((2, 3), (), ()),), uniform(-1.0, 1.0), label="degree 9, unroll=2"),
+        S("polynomial", lambda x, c: jnp.polyval(c, x), (((2, 3), (4,)), ((), (2,))),
+          label="jnp.polyval"),
+        S("polynomial", jnp.sinc, UNARY, away_from_zero(0.1, 3.0), label="jnp.sinc"),
+        S("polynomial", poly, (((2, 3),) * 5,), dtypes=COMPLEX_DTYPES, label="complex"),
+    ]
+  return out
+
 
 def _table() -> list[RuleSpec]:
   S = RuleSpec
@@ -356,6 +405,7 @@ def _table() -> list[RuleSpec]:
       S("erf", lax.erf, UNARY),
       S("erfc", lax.erfc, UNARY),
       S("erf_inv", lax.erf_inv, UNARY, unit),
+      *_newer_primitive_specs(),
       # --- reductions.py -----------------------------------------------------------
       S("reduce_sum", _all_axes(lax.reduce_sum), ALL_RANKS, label="all axes"),
       S("reduce_sum", _last_axis(lax.reduce_sum), VECTORS + (((2, 0),), ((0, 2),)),
@@ -552,8 +602,12 @@ def covered_rules() -> set[str]:
 # with numpy, so no random-number program is compiled per shape.
 
 def precision(dtype: str):
-  """Context in which ``dtype`` exists: 64-bit JAX for float64, else as it is."""
-  return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+  """Context in which ``dtype`` exists: 64-bit JAX for float64 and complex128, else as
+  it is."""
+  return jax.enable_x64(True) if dtype in _X64 else contextlib.nullcontext()
+
+
+_X64 = ("float64", "complex128")
 
 
 def _is_float(x) -> bool:
@@ -607,8 +661,9 @@ def _failed(name: str, reference: str) -> check.CheckReport:
 
 
 def _cotangents(out_shapes, rng: np.random.Generator) -> list:
-  """Standard-normal cotangents for the float leaves of ``out_shapes``."""
-  return [rng.standard_normal(o.shape).astype(o.dtype)
+  """Standard-normal cotangents for the float leaves of ``out_shapes`` (both parts
+  standard normal for complex leaves)."""
+  return [_parts(lambda: rng.standard_normal(o.shape), o.dtype, None).astype(o.dtype)
           for o in jax.tree.leaves(out_shapes) if _is_float(o)]
 
 
@@ -635,18 +690,39 @@ def _returns_none(spec: RuleSpec, args: Sequence) -> bool:
 
 
 def _perturbed(x: np.ndarray, eps: float) -> np.ndarray:
-  """``[x + eps·e_0, …, x + eps·e_{n−1}, x − eps·e_0, …]``, stacked on a new axis 0."""
+  """``[x + eps·e_0, …, x + eps·e_{n−1}, x − eps·e_0, …]``, stacked on a new axis 0.
+
+  For a complex ``x`` the steps go along the real and the imaginary parts:
+  ``[x + eps·e_k]ₖ, [x + i·eps·e_k]ₖ, [x − eps·e_k]ₖ, [x − i·eps·e_k]ₖ``.
+  """
   n = x.size
   steps = (eps * np.eye(n, dtype=np.float64)).reshape((n,) + x.shape)
+  if np.iscomplexobj(x):
+    steps = np.concatenate([steps, 1j * steps])
+    return np.concatenate([x + steps, x - steps]).astype(np.complex128)
   return np.concatenate([x + steps, x - steps]).astype(np.float64)
 
 
+def _numeric(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+  """The central-difference gradient of argument ``x`` from the projections ``v`` at
+  :func:`_perturbed` inputs.  JAX's cotangent of a complex input is
+  ``∂p/∂Re x − i·∂p/∂Im x`` for the real projection ``p`` (the transpose under
+  ``⟨a, b⟩ = Re Σ a·b``)."""
+  half = v.size // 2
+  d = (v[:half] - v[half:]) / (2 * FD_EPS)
+  if np.iscomplexobj(x):
+    d = d[:x.size] - 1j * d[x.size:]
+  return d.reshape(x.shape)
+
+
 def _projection(fun: Callable, i: int, cts: Sequence) -> Callable:
-  """``(args…) ↦ Σ fun(args…) · ct`` over the float outputs: a scalar whose gradient with
-  respect to argument ``i`` is the VJP of ``cts``."""
+  """``(args…) ↦ Re Σ fun(args…) · ct`` over the float outputs: a real scalar whose
+  gradient with respect to argument ``i`` is the VJP of ``cts``."""
   def projection(*args):
     outs = [o for o in jax.tree.leaves(fun(*args)) if _is_float(o)]
-    return sum((jnp.sum(o * c) for o, c in zip(outs, cts)), jnp.zeros((), args[i].dtype))
+    total = sum((jnp.sum(jnp.real(o * c)) for o, c in zip(outs, cts)),
+                jnp.zeros((), jnp.real(jnp.zeros((), args[i].dtype)).dtype))
+    return total
   return projection
 
 
@@ -683,7 +759,7 @@ def check_rule(spec: RuleSpec, dtype: str, *, seed: int = 0,
   dtype = jnp.dtype(dtype).name
   applied: set[str] = set()
   observer = engine.Observer(lambda eqn, layer, *_: applied.add(layer or eqn.primitive.name))
-  with_fd = finite_differences and spec.fd and dtype == "float64"
+  with_fd = finite_differences and spec.fd and dtype in _X64
   names, cases, none_ok = [], [], []
   with precision(dtype):
     for case, shapes in enumerate(spec.shapes):
@@ -722,7 +798,7 @@ def check_rule(spec: RuleSpec, dtype: str, *, seed: int = 0,
       zip(names, cases, results)):
     reports.append(check.compare(name, "jax.vjp", actual, expected, rtol, atol))
     if with_fd:
-      numeric = [((v[:a.size] - v[a.size:]) / (2 * FD_EPS)).reshape(a.shape)
+      numeric = [_numeric(v, a)
                  for v, a in zip(map(np.asarray, values), (args[i] for i in floats))]
       reports.append(check.compare(name, "finite differences", actual[1], numeric,
                                    rtol=FD_RTOL, atol=FD_ATOL))
@@ -759,7 +835,8 @@ def check_all_rules(dtypes: Iterable[str] = DTYPES, finite_differences: bool = T
       if dtype not in spec.dtypes:
         continue
       for report in check_rule(spec, dtype, finite_differences=finite_differences):
-        key = (spec.name, FD_COLUMN if report.reference == "finite differences" else dtype)
+        fd_column = FD_COLUMN if dtype == "float64" else f"fd ({dtype})"
+        key = (spec.name, fd_column if report.reference == "finite differences" else dtype)
         if key not in worst or _severity(report) > _severity(worst[key]):
           worst[key] = report
   return [(name, column, worst[name, column]) for name, column in sorted(worst)]

@@ -122,6 +122,25 @@ def test_abs_at_zero_takes_the_plus_branch():
   assert_exact(lambda x: jnp.sum(jnp.abs(x)), arr([0.0, -0.0, -2.0]), expected=[1, 1, -1])
 
 
+def test_complex_abs_and_sign_at_zero():
+  # |x| and x/|x| have no derivative at complex 0; JAX divides by |x| with zeros
+  # replaced by ones, so both get zero blame there.
+  x = np.asarray([0.0, 1.0 - 2.0j, 0.0], np.complex64)
+  dx = assert_exact(lambda x: jnp.sum(lax.abs(x)), x)
+  np.testing.assert_array_equal(np.asarray(dx)[[0, 2]], [0, 0])
+  ct = np.asarray([1.0 + 1.0j, 0.5j, -2.0], np.complex64)
+  (ds,) = hg.vjp(lax.sign, x)[1](ct)
+  np.testing.assert_array_equal(np.asarray(ds)[[0, 2]], [0, 0])
+
+
+def test_bessel_i1e_at_zero_is_one_half():
+  # i1e'(x) = i0e(x) − i1e(x)·(sign x + 1/x) cannot be evaluated at 0: JAX uses the
+  # limit ½ wherever |x| ≤ eps.
+  for dtype in (F32, F64):
+    with _x64(dtype):
+      assert_exact(lambda x: jnp.sum(lax.bessel_i1e(x)), arr([0.0, -0.0, 1e-30, 3.0], dtype))
+
+
 def test_piecewise_constant_functions_at_their_jumps():
   x = arr([0.0, 1.0, 0.5, -0.5, 2.5])
   for f in (jnp.sign, jnp.floor, jnp.ceil, jnp.round):
