@@ -222,6 +222,13 @@ def _batch_norm_vjp(g, outs, x, gamma, beta, mean, var, *, train=True, momentum=
 
 # --- embedding -----------------------------------------------------------------------
 
+def _rows(ids, v):
+  """(row read by each id, whether it is in range): negative ids count from the end."""
+  ids = jnp.where(ids < 0, ids + v, ids)
+  valid = (ids >= 0) & (ids < v)
+  return jnp.where(valid, ids, 0), valid
+
+
 @layer_op("embedding")
 def embedding(table, ids):
   """Rows of ``table`` [V, D] at integer ``ids`` [B…] -> [B…, D].
@@ -229,16 +236,14 @@ def embedding(table, ids):
   As ``jnp.take(table, ids, axis=0)`` (``flax.linen.Embed``): a negative id counts from
   the end, an id outside [−V, V) gives a NaN row (never a silently wrong one).
   """
-  v = table.shape[0]
-  ids = jnp.where(ids < 0, ids + v, ids)
-  return table.at[ids].get(mode="fill", fill_value=jnp.nan)
+  rows, valid = _rows(ids, table.shape[0])
+  return jnp.where(valid[..., None], table[rows], jnp.nan)
 
 
 @defvjp("embedding")
 def _embedding_vjp(g, y, table, ids):
   """d table[v] = Σ_{positions with id v} g: a scatter-add of the cotangent rows (repeated
-  ids accumulate; an out-of-range id's row was filled, so its cotangent is dropped)."""
-  v = table.shape[0]
-  ids = jnp.where(ids < 0, ids + v, ids)
-  dtable = jnp.zeros_like(table).at[ids].add(g.astype(table.dtype), mode="drop")
-  return dtable, None
+  ids accumulate; an out-of-range id read no row, so its cotangent is dropped)."""
+  rows, valid = _rows(ids, table.shape[0])
+  g = jnp.where(valid[..., None], g, jnp.zeros_like(g)).astype(table.dtype)
+  return jnp.zeros_like(table).at[rows].add(g), None
