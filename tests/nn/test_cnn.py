@@ -146,3 +146,13 @@ def test_train_cnn_hand_and_jax_backends_agree(tmp_path, capsys):
   for h, r in zip(hand, ref):
     for key in ("train_loss", "test_loss", "test_accuracy", "grad_norm"):
       assert h[key] == pytest.approx(r[key], rel=1e-4, abs=1e-5), (key, h, r)
+
+
+def test_train_cnn_defaults_beat_the_mlp(tmp_path, capsys):
+  # `handgrad train --model cnn` with its defaults (8 epochs, Adam 1e-3, batch 32, hand
+  # gradients) on the embedded MNIST split beats the default MLP's 94.0% test accuracy.
+  assert main(["train", "--model", "cnn", "--no-progress", "--out", str(tmp_path)]) == 0
+  capsys.readouterr()
+  records = hg.train.read_metrics(tmp_path / "metrics.jsonl")
+  assert [r["epoch"] for r in records] == list(range(1, 9))
+  assert records[-1]["test_accuracy"] > 0.940, records[-1]
