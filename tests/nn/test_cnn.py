@@ -156,3 +156,18 @@ def test_train_cnn_defaults_beat_the_mlp(tmp_path, capsys):
   records = hg.train.read_metrics(tmp_path / "metrics.jsonl")
   assert [r["epoch"] for r in records] == list(range(1, 9))
   assert records[-1]["test_accuracy"] > 0.940, records[-1]
+
+
+@pytest.mark.parametrize("use", ["y", "mean", "var", "all"])
+def test_batch_norm_outputs_blamed_alone_or_together(use):
+  with jax.enable_x64(True):
+    x = rand((5, 3), F64, 1, shift=0.3)
+    gamma, beta = rand((3,), F64, 2), rand((3,), F64, 3)
+    mean, var = rand((3,), F64, 4), jnp.asarray([0.5, 1.0, 2.0])
+
+    def loss(x, gamma, mean, var):
+      y, m, v = hg.ops.batch_norm(x, gamma, beta, mean, var, train=True, momentum=0.7)
+      terms = {"y": jnp.sum(jnp.sin(y)), "mean": jnp.sum(m ** 2), "var": jnp.sum(jnp.cos(v))}
+      return sum(terms.values()) if use == "all" else terms[use]
+
+    assert_hand_grad_matches(loss, (x, gamma, mean, var), (0, 1, 2, 3), F64)
