@@ -142,11 +142,11 @@ def _conv_general_dilated_vjp(dy, y, x, w, *, window_strides, padding, lhs_dilat
     raise NotImplementedError(
         f"conv_general_dilated: the rule does not know the param(s) {sorted(unknown)}")
   lhs_spec, rhs_spec, out_spec = dimension_numbers
-  n = [x.shape[i] for i in lhs_spec[2:]]
-  k = [w.shape[i] for i in rhs_spec[2:]]
-  o = [y.shape[i] for i in out_spec[2:]]
-  dims = list(zip(n, lhs_dilation, *zip(*padding), k, rhs_dilation, window_strides, o)) \
-      if n else []
+  # per spatial axis: (n, a, lo, hi, k, d, s, o) as in the padding arithmetic above
+  dims = [(x.shape[li], a, lo, hi, w.shape[ri], d, s, y.shape[oi])
+          for li, ri, oi, a, (lo, hi), d, s in zip(lhs_spec[2:], rhs_spec[2:], out_spec[2:],
+                                                   lhs_dilation, padding, rhs_dilation,
+                                                   window_strides)]
   if dy.size == 0 or x.size == 0 or w.size == 0:
     # An empty output, or nothing to sum over (zero features or an empty kernel): the
     # output does not depend on x or w.

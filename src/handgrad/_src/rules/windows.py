@@ -55,8 +55,8 @@ def _window_sum_transpose(g, x_shape, window, strides, padding, base, wdil):
   nothing): g dilated by the stride, padded by ``_input_grad_padding``, summed over
   windows of the same size and dilation at stride a (the base dilation).
   """
-  dims = zip(x_shape, base, *zip(*padding), window, wdil, strides, g.shape)
-  pads = [_input_grad_padding(*d) for d in dims]
+  pads = [_input_grad_padding(n, a, lo, hi, k, d, s, o) for n, a, (lo, hi), k, d, s, o
+          in zip(x_shape, base, padding, window, wdil, strides, g.shape)]
   zero = np.zeros((), g.dtype)
   spread = lax.pad(g, zero, [(lo, hi, s - 1) for (lo, hi), s in zip(pads, strides)])
   return lax.reduce_window(spread, zero, lax.add, window, base, [(0, 0)] * g.ndim,
