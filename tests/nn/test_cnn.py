@@ -171,3 +171,21 @@ def test_batch_norm_outputs_blamed_alone_or_together(use):
       return sum(terms.values()) if use == "all" else terms[use]
 
     assert_hand_grad_matches(loss, (x, gamma, mean, var), (0, 1, 2, 3), F64)
+
+
+def test_cnn_hand_grad_under_an_explicit_mesh():
+  # Cotangents carry their primals' shardings: with the batch sharded over an Explicit
+  # mesh axis, the transposed convolutions and dW contract a sharded axis and must be
+  # told their output sharding, and every zero a rule makes must match its operands'.
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec
+  mesh = jax.make_mesh((1,), ("batch",), axis_types=(AxisType.Explicit,))
+  with jax.set_mesh(mesh):
+    params = nn.cnn.init(key=KEY, channels=(2, 3))
+    x = jax.device_put(rand((4, 784), F32, 1), NamedSharding(mesh, PartitionSpec("batch")))
+    loss = lambda p, x: jnp.sum(nn.cnn.apply(p, x) ** 2)  # noqa: E731
+    got, want = jax.jit(lambda p, x: (hg.grad(loss, (0, 1))(p, x),
+                                      jax.grad(loss, (0, 1))(p, x)))(params, x)
+  assert jax.typeof(got[1]) == jax.typeof(want[1])
+  assert jax.tree.map(jax.typeof, got[0]) == jax.tree.map(jax.typeof, want[0])
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

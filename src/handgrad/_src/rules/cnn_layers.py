@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -67,11 +68,13 @@ def _conv2d_vjp(dZ, z, x, W, b, *, strides=(1, 1), padding="SAME"):
   db = jnp.sum(dZ, axis=(0, 1, 2))
   dW = lax.conv_general_dilated(            # batch ↔ channels: [C, H, W, N] ⋆ [H', W', N, O]
       x, dZ, window_strides=(1, 1), padding=[_kernel_grad_padding(*d) for d in dims],
-      rhs_dilation=s, dimension_numbers=("CHWN", "IHWO", "HWNC"))
+      rhs_dilation=s, dimension_numbers=("CHWN", "IHWO", "HWNC"),
+      out_sharding=jax.typeof(W).sharding)
   W_flipped = lax.rev(W, (0, 1))             # [kh, kw, C, O], used as HWOI: O in, C out
   dx = lax.conv_general_dilated(
       dZ, W_flipped, window_strides=(1, 1), padding=[_input_grad_padding(*d) for d in dims],
-      lhs_dilation=s, dimension_numbers=("NHWC", "HWOI", "NHWC"))
+      lhs_dilation=s, dimension_numbers=("NHWC", "HWOI", "NHWC"),
+      out_sharding=jax.typeof(x).sharding)
   return dx.astype(x.dtype), dW.astype(W.dtype), db.astype(b.dtype)
 
 

@@ -32,7 +32,11 @@ import numpy as np
 from jax import lax
 
 from handgrad._src.registry import defvjp
-from handgrad._src.rules._common import zeros_like
+
+
+def _zeros(x):
+  # full_like keeps x's sharding: a cotangent carries its primal's sharding.
+  return lax.full_like(x, 0)
 
 
 # --- padding arithmetic --------------------------------------------------------------
@@ -119,10 +123,10 @@ def _swap(spec):
   return (spec[1], spec[0]) + tuple(spec[2:])
 
 
-def _sharding_of(x, out_sharding):
-  # A cotangent carries its primal's sharding; outside a mesh (out_sharding None) XLA
-  # chooses, as for the forward pass.
-  return None if out_sharding is None else jax.typeof(x).sharding
+def _sharding_of(x):
+  # A cotangent carries its primal's sharding (under a mesh with Explicit axes the
+  # transposed convolutions cannot infer it: their contraction runs over sharded axes).
+  return jax.typeof(x).sharding
 
 
 # --- the rule ------------------------------------------------------------------------
@@ -132,6 +136,7 @@ def _conv_general_dilated_vjp(dy, y, x, w, *, window_strides, padding, lhs_dilat
                               rhs_dilation, dimension_numbers, feature_group_count,
                               batch_group_count, precision, preferred_element_type,
                               out_sharding=None, **unknown):
+  # out_sharding is the forward's own; the cotangents take their primals' shardings.
   """y = conv(x, w):   dx = conv(dilate_s(dy), flip(wᵀ)),   dw = corr(x, dilate_s(dy)).
 
   x: lhs in ``lhs_spec`` layout [N, C, spatial…] (any axis order), w: [O, C/G, k…] in
@@ -150,7 +155,7 @@ def _conv_general_dilated_vjp(dy, y, x, w, *, window_strides, padding, lhs_dilat
   if dy.size == 0 or x.size == 0 or w.size == 0:
     # An empty output, or nothing to sum over (zero features or an empty kernel): the
     # output does not depend on x or w.
-    return zeros_like(x), zeros_like(w)
+    return _zeros(x), _zeros(w)
   G, B = feature_group_count, batch_group_count
   groups = max(G, B)
 
@@ -167,7 +172,7 @@ def _conv_general_dilated_vjp(dy, y, x, w, *, window_strides, padding, lhs_dilat
       dimension_numbers=lax.ConvDimensionNumbers(out_spec, _swap(rhs_spec), lhs_spec),
       feature_group_count=groups, batch_group_count=1, precision=precision,
       preferred_element_type=preferred_element_type,
-      out_sharding=_sharding_of(x, out_sharding) if B == 1 else None)
+      out_sharding=_sharding_of(x))
   if B > 1:
     dx = _fold_into(_split_groups(dx, lhs_spec[1], B), lhs_spec[1], lhs_spec[0])
   dx = dx.astype(x.dtype)
@@ -185,5 +190,5 @@ def _conv_general_dilated_vjp(dy, y, x, w, *, window_strides, padding, lhs_dilat
                                                  _swap(rhs_spec)),
       feature_group_count=B, batch_group_count=G, precision=precision,
       preferred_element_type=preferred_element_type,
-      out_sharding=_sharding_of(w, out_sharding))
+      out_sharding=_sharding_of(w))
   return dx, dw.astype(w.dtype)

@@ -43,10 +43,11 @@ def _dense_vjp(dZ, z, x, W, b):
 
   They compile to the ops of ``jax.grad``'s dense backward.  ``jnp.inner`` contracts
   dZ's and W's last axes directly: ``dZ @ W.T`` is the same math, but for a single
-  input vector XLA:CPU materialises a transposed copy of W for it.
+  input vector XLA:CPU materialises a transposed copy of W for it.  dW takes W's
+  sharding: under a mesh the batch it sums over may be sharded.
   """
   lead = _lead_axes(x)
-  dW = jnp.tensordot(x, dZ, (lead, lead))
+  dW = jnp.tensordot(x, dZ, (lead, lead), out_sharding=jax.typeof(W).sharding)
   db = dZ.sum(lead)
   dx = jnp.inner(dZ, W)  # dZ · Wᵀ, contracting the last axes of both
   return dx, dW.astype(W.dtype), db.astype(b.dtype)

@@ -28,8 +28,12 @@ from jax import lax
 
 from handgrad._src import jaxpr as jaxpr_util
 from handgrad._src.registry import defvjp
-from handgrad._src.rules._common import zeros_like
 from handgrad._src.rules.conv import _input_grad_padding
+
+
+def _zeros(x):
+  # full_like keeps x's sharding: a cotangent carries its primal's sharding.
+  return lax.full_like(x, 0)
 
 
 def _params(window_dimensions, window_strides, padding, base_dilation, window_dilation,
@@ -68,7 +72,7 @@ def _reduce_window_sum_vjp(g, y, x, **params):
   """y[i] = Σ_{j in window i} x̃[j]:   dx[m] = Σ_{windows i ∋ m} g[i]."""
   window, strides, padding, base, wdil = _params(**params)
   if _no_windows(x, y):
-    return (zeros_like(x),)
+    return (_zeros(x),)
   return (_window_sum_transpose(g, x.shape, window, strides, padding, base, wdil),)
 
 
@@ -128,7 +132,7 @@ def _route_to_first_extremum(g, x, y, fill, window, strides, padding, base, wdil
                              taken=None):
   """dx: each window's cotangent g[i] routed to the first element equal to y[i]."""
   xp = _padded(x, fill, padding, base)
-  zero = zeros_like(g)
+  zero = _zeros(g)
   dxp = None
   for start, hit in _first_hits(xp, y, strides, window, wdil, taken):
     part = _unview(lax.select(hit, g, zero), start, strides, xp.shape)
@@ -140,7 +144,7 @@ def _extremum_vjp(fill):
   def rule(g, y, x, **params):
     window, strides, padding, base, wdil = _params(**params)
     if _no_windows(x, y):
-      return (zeros_like(x),)
+      return (_zeros(x),)
     return (_route_to_first_extremum(g, x, y, fill, window, strides, padding, base, wdil),)
   return rule
 
@@ -184,16 +188,16 @@ def _reduce_window_vjp(gs, ys, x, init, *, jaxpr, consts, **params):
         f"{len(consts)} consts")
   (g,), (y,) = gs, ys
   if y.size == 0:
-    return zeros_like(x), zeros_like(init)
+    return _zeros(x), _zeros(init)
   total = lambda v: lax.reduce_sum(v, tuple(range(v.ndim)))  # noqa: E731
   if kind == "sum":
-    dx = zeros_like(x) if x.size == 0 else _window_sum_transpose(
+    dx = _zeros(x) if x.size == 0 else _window_sum_transpose(
         g, x.shape, window, strides, padding, base, wdil)
     return dx, total(g).astype(init.dtype)
-  claimed = lax.eq(y, lax.broadcast_in_dim(init, y.shape, ()))
-  dinit = total(lax.select(claimed, g, zeros_like(g)))
+  claimed = lax.eq(y, lax.full_like(y, init))
+  dinit = total(lax.select(claimed, g, _zeros(g)))
   if x.size == 0:
-    return zeros_like(x), dinit.astype(init.dtype)
+    return _zeros(x), dinit.astype(init.dtype)
   fill = -np.inf if kind == "max" else np.inf  # padding is never a candidate
   dx = _route_to_first_extremum(g, x, y, fill, window, strides, padding, base, wdil,
                                 taken=claimed)
@@ -227,7 +231,7 @@ def _select_and_scatter_add_vjp(g, z, source, operand, *, select_prim, window_di
   padding = tuple(map(tuple, padding))
   base = (1,) * operand.ndim
   if _no_windows(operand, source):
-    return zeros_like(source), None
+    return _zeros(source), None
   reduce = lax.max if fill < 0 else lax.min
   y = lax.reduce_window(operand, np.asarray(fill, operand.dtype), reduce, window, strides,
                         padding)
@@ -239,7 +243,7 @@ def _gather_first_extremum(g, x, y, fill, window, strides, padding, base, wdil):
   """out[i] = g at the first extremum of window i (0 where that is padding or a hole)."""
   xp = _padded(x, fill, padding, base)
   gp = _padded(g, 0, padding, base)
-  zero = zeros_like(y).astype(g.dtype)
+  zero = lax.full_like(y, 0, g.dtype)
   out = zero
   for start, hit in _first_hits(xp, y, strides, window, wdil):
     out = out + lax.select(hit, _view(gp, start, strides, y.shape), zero)
@@ -259,7 +263,7 @@ def _select_and_gather_add_vjp(g, z, tangents, operand, *, select_prim, window_d
   window, strides, padding, base, wdil = _params(
       window_dimensions, window_strides, padding, base_dilation, window_dilation)
   if _no_windows(operand, z):
-    return zeros_like(tangents), None
+    return _zeros(tangents), None
   reduce = lax.max if fill < 0 else lax.min
   y = lax.reduce_window(operand, np.asarray(fill, operand.dtype), reduce, window, strides,
                         padding, base, wdil)
