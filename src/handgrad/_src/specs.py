@@ -153,6 +153,9 @@ class RuleSpec:
     no_gradient: the rule passes no gradient: it returns ``None`` for every input.
     label: tells apart several specs of one rule.
     note: the numerics or the convention the spec pins down.
+    reference: a function equal to ``fun`` that ``jax.vjp`` differentiates in its
+      place, for a primitive that JAX's reverse mode cannot differentiate (generic
+      ``reduce_window``); ``note`` must say why.
   """
   name: str
   fun: Callable[..., Any]
@@ -164,6 +167,7 @@ class RuleSpec:
   no_gradient: bool = False
   label: str = ""
   note: str = ""
+  reference: Callable[..., Any] | None = None
 
   def __post_init__(self):
     if not self.shapes:
@@ -173,6 +177,8 @@ class RuleSpec:
       raise ValueError(f"{self.id}: every shape case needs {arity} shapes")
     if isinstance(self.sampler, tuple) and len(self.sampler) != arity:
       raise ValueError(f"{self.id}: {len(self.sampler)} samplers for {arity} arguments")
+    if self.reference is not None and not self.note:
+      raise ValueError(f"{self.id}: a reference function needs a note saying why")
     if self.float32_tol is not None and not self.note:
       raise ValueError(f"{self.id}: a float32 tolerance override needs a note saying why")
     if not set(self.dtypes) <= set(DTYPES + COMPLEX_DTYPES):
@@ -775,7 +781,7 @@ def check_rule(spec: RuleSpec, dtype: str, *, seed: int = 0,
       results = []
       for k, ((out_tree, floats, _), (args, cts, steps)) in enumerate(zip(cases, inputs)):
         full_cts = _full_cotangents(out_tree, cts)
-        out_ref, vjp_ref = jax.vjp(spec.fun, *args)
+        out_ref, vjp_ref = jax.vjp(spec.reference or spec.fun, *args)
         with engine.observe(observer):
           out, vjp_hand = api.vjp(spec.fun, *args)
           hand = vjp_hand(full_cts)

