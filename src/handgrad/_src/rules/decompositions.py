@@ -1,0 +1,287 @@
+"""Matrix decompositions: cholesky, lu, qr, eigh, svd, eig.
+
+Each rule is the transpose of the JVP that JAX defines for the primitive (the standard
+adjoints, M. Giles, "Collected matrix derivative results for forward and reverse mode
+algorithmic differentiation", 2008; I. Murray, "Differentiation of the Cholesky
+decomposition", 2016; J. Townsend, "Differentiating the singular value decomposition",
+2016), written by hand in ``lax``/``jnp``.  Leading axes are batch dimensions.
+Conventions are JAX's, including where they are singular: ``1/(wⱼ − wᵢ)`` at a
+degenerate eigenvalue is ``inf`` (so the gradient is ``nan``) unless no blame reaches
+the eigenvectors; the eigenvector derivatives assume distinct eigenvalues.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from handgrad._src.registry import defvjp
+from handgrad._src.rules._matrix import (
+    T, absent_or, diag, diag_matrix, eye, is_complex, mm, no_other_params, real_only,
+    solve_tri, tril, triu)
+
+
+def _pad_axis(x, axis: int, after: int, value=0):
+  """``x`` with ``after`` entries of ``value`` appended along ``axis``."""
+  config = [(0, 0, 0)] * x.ndim
+  config[axis] = (0, after, 0)
+  return lax.pad(x, np.array(value, x.dtype), config)
+
+
+def _inverse_permutation(perm):
+  """``inv`` with ``inv[perm[i]] = i`` along the last axis (``perm`` a permutation)."""
+  iota = lax.broadcasted_iota(perm.dtype, perm.shape, perm.ndim - 1)
+  return lax.sort_key_val(perm, iota, dimension=perm.ndim - 1)[1]
+
+
+def _take(x, index, axis: int):
+  """``x`` with its rows (``axis=-2``) or columns (``axis=-1``) re-ordered by ``index``
+  (``[..., size]``, every entry in range): row ``i`` of the result is row ``index[i]``."""
+  index = index[..., :, None] if axis == -2 else index[..., None, :]
+  return jnp.take_along_axis(x, jnp.broadcast_to(index, x.shape), axis=axis)
+
+
+# -------------------------------------------------------------------------------------
+# Cholesky.
+
+def _phi(x):
+  """Lower triangle with the diagonal halved (Murray's Φ; self-adjoint)."""
+  n = x.shape[-1]
+  return tril(x) * (1 - 0.5 * eye(n, x.dtype, x.ndim))
+
+
+# L = cholesky(Σ), read from the lower triangle of the primitive's output (its strict
+# upper triangle is unspecified; lax.linalg.cholesky takes tril afterwards).  JAX's JVP
+# (Murray): L̇ = L·Φ(L⁻¹ Σ̇ L⁻ᵀ), hence
+#   Σ̄ = L⁻ᵀ Φ(Lᵀ L̄) L⁻¹
+# unsymmetrised, as jax.vjp of the primitive gives it; symmetrize_input=True (the
+# default of lax.linalg.cholesky and jnp.linalg.cholesky) is ½(x + xᵀ) in front of the
+# primitive, whose own rule symmetrises the result.
+@defvjp("cholesky")
+def _cholesky_vjp(g, ans, x, **params):
+  no_other_params("cholesky", params)
+  real_only("cholesky", x)
+  L = tril(ans)
+  p = _phi(mm(T(L), g))
+  y = solve_tri(L, p, left_side=True, lower=True, transpose_a=True)  # L⁻ᵀ P
+  return (solve_tri(L, y, left_side=False, lower=True),)             # (L⁻ᵀ P) L⁻¹
+
+
+# -------------------------------------------------------------------------------------
+# LU with partial pivoting.
+
+def _lu_factors(lu, m: int, n: int):
+  """L (m×m, unit lower) and U (n×n) of the packed factorisation, padded as in JAX's
+  JVP: L takes an identity block right of its k = min(m, n) columns, U an identity
+  block below-right of its k rows."""
+  k = min(m, n)
+  dtype = lu.dtype
+  L = _pad_axis(tril(lu[..., :, :k], -1), -1, m - k) + eye(m, dtype, lu.ndim)
+  u_eye = jnp.pad(jnp.eye(n - k, dtype=dtype), ((k, 0), (k, 0)))
+  U = _pad_axis(triu(lu[..., :k, :]), -2, n - k) + lax.expand_dims(u_eye, tuple(range(lu.ndim - 2)))
+  return L, U
+
+
+# P A = L U, packed into one m×n matrix (L strictly below the diagonal, U on and above
+# it); pivots and permutation are integers and carry no gradient.  JAX's JVP (de Hoog,
+# Anderssen and Lukas): with X = L⁻¹ (P Ȧ) U⁻¹,  (LU)˙ = L·tril(X, −1) + triu(X)·U.
+# Transposed:
+#   X̄ = tril(Lᵀ ḡ, −1) + triu(ḡ Uᵀ),   P·Ā = L⁻ᵀ X̄ U⁻ᵀ,   Ā = Pᵀ(P·Ā)
+# (rows put back through the inverse permutation).
+@defvjp("lu")
+def _lu_vjp(g, ans, x, **params):
+  no_other_params("lu", params)
+  real_only("lu", x)
+  g_lu = g[0]
+  lu, _, perm = ans
+  m, n = x.shape[-2:]
+  L, U = _lu_factors(lu, m, n)
+  xbar = tril(mm(T(L), g_lu), -1) + triu(mm(g_lu, T(U)))
+  xbar = solve_tri(U, xbar, left_side=False, lower=False, transpose_a=True)
+  pa_bar = solve_tri(L, xbar, left_side=True, lower=True, transpose_a=True, unit_diagonal=True)
+  return (_take(pa_bar, _inverse_permutation(perm), axis=-2),)
+
+
+# -------------------------------------------------------------------------------------
+# QR.
+
+def _thin_qr_vjp(q, r, gq, gr):
+  """Ā for A = Q R with Q m×n, R n×n (m ≥ n), transposing JAX's JVP (Townsend's
+  derivation): with B = Ȧ R⁻¹, C = Qᵀ B, Ω = tril(C, −1) − tril(C, −1)ᵀ,
+      Q̇ = Q(Ω − C) + B,   Ṙ = (C − Ω) R.
+  Transposed, with M = Qᵀ Q̄ and N = R̄ Rᵀ:
+      Ω̄ = M − N,   C̄ = N − M + tril(Ω̄ − Ω̄ᵀ, −1),   B̄ = Q̄ + Q C̄,   Ā = B̄ R⁻ᵀ."""
+  M = mm(T(q), gq)
+  N = mm(gr, T(r))
+  omega = M - N
+  c = N - M + tril(omega - T(omega), -1)
+  b = gq + mm(q, c)
+  return solve_tri(r, b, left_side=False, lower=False, transpose_a=True)
+
+
+# Q, R = qr(A) (A[:, p] = Q R with pivoting; p is an integer output, no gradient).
+# * m ≥ n, reduced (or square): the thin rule above.
+# * m > n, full_matrices: Q = [Q₁ Q₂] with Q₂ m×(m−n); JAX's JVP (arXiv:2409.13374,
+#   eqs. 32–33) sets, with Z = Q₂ₙ (Q₁ₙ − I)⁻¹ (Q₁ₙ the top n rows of Q₁, Q₂ₙ the other
+#   m−n rows) and W = Q₁ + Q₂ Z,
+#       Q̇₂ = Q̇₁ Zᵀ − W (Q̇₁[n:] − Z Q̇₁[:n])ᵀ,   Ṙ = [Ṙ₁; 0].
+#   Transposed: Ē = −Q̄₂ᵀ W, and Q̄₁ gains Q̄₂ Z, −Zᵀ Ē in its top n rows and Ē in
+#   the others; then the thin rule with (Q₁, R₁).
+# * m < n: A = [A₁ A₂], R = [R₁ R₂] with A₁ = Q R₁ square and R₂ = Qᵀ A₂, so
+#   Ṙ₂ = Q̇ᵀ A₂ + Qᵀ Ȧ₂:  Ā₂ = Q R̄₂, and Q̄ gains A₂ R̄₂ᵀ before the thin rule for A₁.
+#   A₂ are the columns of the pivoted A[:, p] (JAX's JVP reads them from the unpivoted
+#   A, a mismatch only for pivoting=True with m < n; this rule agrees with finite
+#   differences there).
+# With pivoting the cotangent of A[:, p] is put back through the inverse permutation.
+@defvjp("qr")
+def _qr_vjp(g, ans, x, *, pivoting, full_matrices, use_magma=None, **params):
+  # use_magma only picks the GPU library that factorises; the derivative is the same.
+  no_other_params("qr", params)
+  real_only("qr", x)
+  q, r = ans[0], ans[1]
+  gq, gr = g[0], g[1]
+  m, n = x.shape[-2:]
+  if pivoting:
+    x = _take(x, ans[2], axis=-1)
+  if m < n:
+    gr1, gr2 = gr[..., :, :m], gr[..., :, m:]
+    gq = gq + mm(x[..., :, m:], T(gr2))
+    dx = jnp.concatenate([_thin_qr_vjp(q, r[..., :, :m], gq, gr1), mm(q, gr2)], axis=-1)
+  elif full_matrices and m > n:
+    q1, q2 = q[..., :, :n], q[..., :, n:]
+    gq1, gq2 = gq[..., :, :n], gq[..., :, n:]
+    q1n, q1p = q1[..., :n, :], q1[..., n:, :]
+    zt = jnp.linalg.solve(T(q1n - eye(n, q.dtype, q.ndim)), T(q1p))  # Zᵀ, n×(m−n)
+    z = T(zt)
+    w = q1 + mm(q2, z)
+    e = -mm(T(gq2), w)                                                  # Ē, (m−n)×n
+    gq1 = gq1 + mm(gq2, z) + jnp.concatenate([-mm(zt, e), e], axis=-2)
+    dx = _thin_qr_vjp(q1, r[..., :n, :], gq1, gr[..., :n, :])
+  else:
+    dx = _thin_qr_vjp(q, r, gq, gr)
+  if pivoting:
+    dx = _take(dx, _inverse_permutation(ans[2]), axis=-1)
+  return (dx,)
+
+
+# -------------------------------------------------------------------------------------
+# Symmetric eigendecomposition.
+
+def _reciprocal_gaps(w):
+  """F[i, j] = 1/(wⱼ − wᵢ) off the diagonal, 0 on it: JAX's
+  ``(I + wⱼ − wᵢ)⁻¹ − I``, ``inf`` where two eigenvalues are exactly equal."""
+  n = w.shape[-1]
+  i = eye(n, w.dtype, w.ndim + 1)
+  return lax.integer_pow(i + w[..., None, :] - w[..., :, None], -1) - i
+
+
+# V, w = eigh(A) for a symmetric A (A V = V diag(w)).  JAX's JVP (non-degenerate
+# perturbation theory, Giles §3.1): with Ṁ = Vᵀ Ȧ V,  ẇ = diag(Ṁ),  V̇ = V (F ∘ Ṁ).
+# Transposed:
+#   Ā = V (diag(w̄) + F ∘ (Vᵀ V̄)) Vᵀ
+# (unsymmetrised, as jax.vjp of the primitive; jnp.linalg.eigh symmetrises its input
+# in front of the primitive).  At a degenerate eigenvalue F is inf and so is the
+# eigenvector term, unless V̄ is absent (eigvalsh, or a loss of w only): JAX's rule.
+# lower, sort_eigenvalues and algorithm only say how the factorisation is computed:
+# the rule reads V and w from the primitive's own outputs.
+@defvjp("eigh")
+def _eigh_vjp(g, ans, x, *, lower=True, sort_eigenvalues=True, subset_by_index=None,
+              algorithm=None, **params):
+  no_other_params("eigh", params)
+  real_only("eigh", x)
+  n = x.shape[-1]
+  if not (subset_by_index is None or tuple(subset_by_index) == (0, n)):
+    raise NotImplementedError(
+        f"eigh with subset_by_index={subset_by_index}: derivatives are not defined for a "
+        f"partial eigendecomposition (nor by jax.grad)")
+  v, w = ans
+  gv, gw = g
+  inner = diag_matrix(gw) + absent_or(gv, lambda gv: _reciprocal_gaps(w) * mm(T(v), gv))
+  return (mm(mm(v, inner), T(v)),)
+
+
+# -------------------------------------------------------------------------------------
+# Singular value decomposition.
+
+# s, U, Vᵀ = svd(A) (thin: k = min(m, n) singular values).  JAX's JVP (Townsend): with
+# Ṡ = Uᵀ Ȧ V, S = diag(s), F[i, j] = 1/(sⱼ² − sᵢ²) off the diagonal (0 on it),
+#   ṡ = diag(Ṡ),  U̇ = U (F ∘ (Ṡ S + S Ṡᵀ)) [+ (I − UUᵀ) Ȧ V S⁻¹ when m > n],
+#   V̇ = V (F ∘ (S Ṡ + Ṡᵀ S)) [+ (I − VVᵀ) Ȧᵀ U S⁻¹ when n > m].
+# Transposed, with Jᵤ = F ∘ (Uᵀ Ū) and Jᵥ = F ∘ (Vᵀ V̄):
+#   S̄ = diag(s̄) + (Jᵤ + Jᵤᵀ) S + S (Jᵥ + Jᵥᵀ),   Ā = U S̄ Vᵀ
+#       [+ (I − UUᵀ) Ū S⁻¹ Vᵀ when m > n]  [+ U S⁻¹ V̄ᵀ (I − VVᵀ) when n > m].
+# Repeated singular values make F inf and a zero one makes S⁻¹ inf: the vector terms are
+# then inf or nan, and dropped when no blame reaches U (resp. Vᵀ), as in JAX.  As in
+# JAX the singular vectors of full_matrices=True have no derivative unless A is square.
+@defvjp("svd")
+def _svd_vjp(g, ans, x, *, full_matrices, compute_uv, subset_by_index=None, algorithm=None,
+             **params):
+  # algorithm only picks the LAPACK/GPU routine; the rule uses the outputs it returns.
+  no_other_params("svd", params)
+  real_only("svd", x)
+  m, n = x.shape[-2:]
+  k = min(m, n)
+  subset = not (subset_by_index is None or tuple(subset_by_index) == (0, k))
+  if compute_uv and subset:
+    raise NotImplementedError(
+        f"svd with subset_by_index={subset_by_index} and compute_uv=True: the singular "
+        f"vectors' derivative needs the vectors outside the subset")
+  if compute_uv and full_matrices and m != n:
+    raise NotImplementedError(
+        "Singular value decomposition JVP not implemented for full matrices "
+        f"(svd of a {m}×{n} matrix with full_matrices=True, compute_uv=True; as in JAX)")
+  if compute_uv:
+    s, u, vt = ans
+    gs, gu, gvt = g
+  else:
+    (s,), (gs,) = ans, g
+    u, s, vt = lax.linalg.svd(x, full_matrices=False, compute_uv=True,
+                              subset_by_index=subset_by_index, algorithm=algorithm)
+  v = T(vt)
+  sbar = diag_matrix(gs)
+  row = s[..., None, :]  # row[i, j] = sⱼ
+  if compute_uv:
+    sq = (row + T(row)) * (row - T(row))
+    i = eye(sq.shape[-1], sq.dtype, sq.ndim)
+    f = 1 / (sq + i) - i
+    ju = lambda gu: (lambda j: (j + T(j)) * row)(f * mm(T(u), gu))
+    jv = lambda gv: (lambda j: T(row) * (j + T(j)))(f * mm(T(v), gv))
+    sbar = sbar + absent_or(gu, ju) + absent_or(gvt, lambda gvt: jv(T(gvt)))
+  dx = mm(mm(u, sbar), vt)
+  if compute_uv and m > n:
+    dx = dx + absent_or(gu, lambda gu: mm((gu - mm(u, mm(T(u), gu))) / row, vt))
+  if compute_uv and n > m:
+    dx = dx + absent_or(gvt, lambda gvt: mm(u / row, gvt - mm(mm(gvt, v), vt)))
+  return (dx,)
+
+
+# -------------------------------------------------------------------------------------
+# General eigendecomposition (eigenvalues).
+
+# w = eig(A) (complex, A V = V diag(w)).  JAX's JVP: ẇ = diag(V⁻¹ Ȧ V).  Transposed
+# (complex-linear, no conjugation, JAX's convention):  Ā = V⁻ᵀ diag(w̄) Vᵀ, and its
+# real part for a real A (the transpose of the real-to-complex cast).  Eigenvector
+# derivatives are refused unless enable_eigvec_derivs=True, as by JAX.
+@defvjp("eig")
+def _eig_vjp(g, ans, x, *, compute_left_eigenvectors, compute_right_eigenvectors,
+             enable_eigvec_derivs=False, implementation=None, **params):
+  no_other_params("eig", params)
+  if compute_left_eigenvectors or compute_right_eigenvectors:
+    if not enable_eigvec_derivs:
+      raise NotImplementedError(
+          "Derivatives of non-symmetric eigenvectors are only valid under assumptions on "
+          "the input that JAX cannot check (see the enable_eigvec_derivs argument to "
+          "jax.lax.linalg.eig); use jnp.linalg.eigvals for the eigenvalues alone")
+    raise NotImplementedError(
+        "handgrad has no rule for the eigenvector derivatives of eig "
+        "(compute_left_eigenvectors/compute_right_eigenvectors with "
+        "enable_eigvec_derivs=True); use jnp.linalg.eigvals for the eigenvalues alone")
+  gw = g[0] if isinstance(g, (list, tuple)) else g
+  _, vr = lax.linalg.eig(x, compute_left_eigenvectors=False, compute_right_eigenvectors=True,
+                         implementation=implementation)
+  vt = T(vr)
+  ct = jnp.linalg.solve(vt, gw[..., :, None] * vt)  # V⁻ᵀ diag(w̄) Vᵀ
+  if not is_complex(x):
+    ct = jnp.real(ct)
+  return (ct.astype(x.dtype),)
