@@ -169,6 +169,22 @@ def test_eigvals_vjp_with_a_complex_cotangent():
   np.testing.assert_allclose(hand(ct)[0], ref(ct)[0], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("left,right", [(False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("kind", ["real", "complex"])
+def test_eig_eigenvector_vjp_matches_jax(left, right, kind):
+  # enable_eigvec_derivs=True, on a real and on a complex matrix, complex cotangents.
+  rng = _rng(11)
+  x = rng.standard_normal((2, 4, 4)) + (1j * rng.standard_normal((2, 4, 4)) if kind == "complex"
+                                        else 0)
+  f = lambda x: tuple(lax.linalg.eig(x, compute_left_eigenvectors=left,
+                                     compute_right_eigenvectors=right, enable_eigvec_derivs=True))
+  out, ref = jax.vjp(f, jnp.asarray(x))
+  cts = tuple(jnp.asarray(rng.standard_normal(o.shape) + 1j * rng.standard_normal(o.shape))
+              for o in out)
+  _, hand = hg.vjp(f, jnp.asarray(x))
+  np.testing.assert_allclose(hand(cts)[0], ref(cts)[0], rtol=1e-9, atol=1e-9)
+
+
 def test_gaussian_process_negative_log_likelihood():
   """−log N(y | 0, K + σ²I) with an RBF kernel, through cholesky and solve_triangular,
   differentiated in the kernel's hyperparameters and the data."""

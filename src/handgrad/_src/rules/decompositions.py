@@ -1,11 +1,12 @@
-"""Matrix decompositions: cholesky, lu, qr, eigh, svd, eig.
+"""Matrix decompositions: cholesky, lu, qr, eigh, svd, eig (eigenvalues, and eigenvectors
+where JAX differentiates them).
 
 Each rule is the transpose of the JVP that JAX defines for the primitive (the standard
 adjoints, M. Giles, "Collected matrix derivative results for forward and reverse mode
 algorithmic differentiation", 2008; I. Murray, "Differentiation of the Cholesky
 decomposition", 2016; J. Townsend, "Differentiating the singular value decomposition",
-2016), written by hand in ``lax``/``jnp``.  Leading axes are batch dimensions.
-Conventions are JAX's, including where they are singular: ``1/(wⱼ − wᵢ)`` at a
+2016), written by hand in ``lax``/``jnp``.  Leading axes are batch dimensions; matrices
+are real, except for ``eig``, which also takes complex ones.  Conventions are JAX's, including where they are singular: ``1/(wⱼ − wᵢ)`` at a
 degenerate eigenvalue is ``inf`` (so the gradient is ``nan``) unless no blame reaches
 the eigenvectors; the eigenvector derivatives assume distinct eigenvalues.
 """
@@ -257,31 +258,71 @@ def _svd_vjp(g, ans, x, *, full_matrices, compute_uv, subset_by_index=None, algo
 
 
 # -------------------------------------------------------------------------------------
-# General eigendecomposition (eigenvalues).
+# General eigendecomposition.
+#
+# Complex cotangents pair with tangents as ⟨t̄, ṫ⟩ = Re Σ t̄·ṫ (no conjugation): JAX's
+# convention, under which a complex-linear map transposes to its plain transpose,
+# Re(z) to t ↦ t, Im(z) to t ↦ −i·t, conj to conj, and a real-to-complex cast to Re.
 
-# w = eig(A) (complex, A V = V diag(w)).  JAX's JVP: ẇ = diag(V⁻¹ Ȧ V).  Transposed
-# (complex-linear, no conjugation, JAX's convention):  Ā = V⁻ᵀ diag(w̄) Vᵀ, and its
-# real part for a real A (the transpose of the real-to-complex cast).  Eigenvector
-# derivatives are refused unless enable_eigvec_derivs=True, as by JAX.
+def _eig_vector_cotangent(w, v, gw, gv):
+  """P̄ for one set of eigenvectors, transposing JAX's JVP (Giles §3.1 with LAPACK's
+  normalisation: each vⱼ of unit 2-norm with a real largest-magnitude entry k = kⱼ):
+      Ṗ = V⁻¹ Ȧ V,  ẇ = diag(Ṗ),  U = V (F ∘ Ṗ),  v̇ⱼ = uⱼ + cⱼ vⱼ,
+      cⱼ = −Re(vⱼᴴ uⱼ) − i·Im(u_kⱼ) / Re(v_kⱼ),
+  F[i, j] = 1/(wⱼ − wᵢ) off the diagonal.  Transposed:
+      c̄ⱼ = Σᵢ v̄ᵢⱼ vᵢⱼ,  Ū = V̄ − conj(V)·Re(c̄) + [i = kⱼ]·i·(−Im c̄ⱼ)/Re(v_kⱼ),
+      P̄ = diag(w̄) + F ∘ (Vᵀ Ū);  then Ā = V⁻ᵀ P̄ Vᵀ (by the caller)."""
+  n = w.shape[-1]
+  i = eye(n, w.dtype, w.ndim + 1)
+  f = lax.integer_pow(i + w[..., None, :] - w[..., :, None], -1) - i
+  k = lax.argmax(jnp.abs(v), v.ndim - 2, jnp.int32)
+  mask = (lax.broadcasted_iota(jnp.int32, v.shape, v.ndim - 2) == k[..., None, :]).astype(v.dtype)
+  cbar = jnp.sum(gv * v, axis=-2)
+  r = jnp.real(jnp.sum(mask * v, axis=-2))
+  sbar = 1j * (-jnp.imag(cbar)) / r
+  ubar = gv - jnp.conj(v) * jnp.real(cbar)[..., None, :] + mask * sbar[..., None, :]
+  pbar = f * mm(T(v), ubar)
+  return pbar if gw is None else pbar + diag_matrix(gw)
+
+
+def _from_p(v, pbar):
+  """V⁻ᵀ P̄ Vᵀ: the cotangent of Ȧ from that of Ṗ = V⁻¹ Ȧ V."""
+  return jnp.linalg.solve(T(v), mm(pbar, T(v)))
+
+
+# [w, vl, vr] = eig(A) (complex; A vr = vr diag(w), vlᴴ A = diag(w) vlᴴ).  JAX's JVP:
+# ẇ = diag(V⁻¹ Ȧ V) with the right eigenvectors V, so for the eigenvalues alone
+#   Ā = V⁻ᵀ diag(w̄) Vᵀ,
+# its real part for a real A (the transpose of the real-to-complex cast).  Eigenvector
+# derivatives (enable_eigvec_derivs=True; refused otherwise, as by JAX) transpose
+# _eig_vector_cotangent's JVP; the left eigenvectors are the right ones of Aᴴ with
+# eigenvalues conj(w), so their P̄ is mapped back through Ȧᴴ (Ā gains its ᴴ).
+# implementation only picks the library: the rule recomputes vr with the same one.
 @defvjp("eig")
 def _eig_vjp(g, ans, x, *, compute_left_eigenvectors, compute_right_eigenvectors,
              enable_eigvec_derivs=False, implementation=None, **params):
   no_other_params("eig", params)
-  if compute_left_eigenvectors or compute_right_eigenvectors:
-    if not enable_eigvec_derivs:
-      raise NotImplementedError(
-          "Derivatives of non-symmetric eigenvectors are only valid under assumptions on "
-          "the input that JAX cannot check (see the enable_eigvec_derivs argument to "
-          "jax.lax.linalg.eig); use jnp.linalg.eigvals for the eigenvalues alone")
+  vectors = compute_left_eigenvectors or compute_right_eigenvectors
+  if vectors and not enable_eigvec_derivs:
     raise NotImplementedError(
-        "handgrad has no rule for the eigenvector derivatives of eig "
-        "(compute_left_eigenvectors/compute_right_eigenvectors with "
-        "enable_eigvec_derivs=True); use jnp.linalg.eigvals for the eigenvalues alone")
-  gw = g[0] if isinstance(g, (list, tuple)) else g
-  _, vr = lax.linalg.eig(x, compute_left_eigenvectors=False, compute_right_eigenvectors=True,
-                         implementation=implementation)
-  vt = T(vr)
-  ct = jnp.linalg.solve(vt, gw[..., :, None] * vt)  # V⁻ᵀ diag(w̄) Vᵀ
+        "Derivatives of non-symmetric eigenvectors are only valid under assumptions on "
+        "the input that JAX cannot check (see the enable_eigvec_derivs argument to "
+        "jax.lax.linalg.eig); use jnp.linalg.eigvals for the eigenvalues alone")
+  w, gw = ans[0], g[0]
+  if compute_right_eigenvectors:
+    vr, gvr = ans[-1], g[-1]
+  else:
+    _, vr = lax.linalg.eig(x, compute_left_eigenvectors=False, compute_right_eigenvectors=True,
+                           implementation=implementation)
+    gvr = None
+  if not vectors:
+    ct = _from_p(vr, diag_matrix(gw))
+  else:
+    pbar = diag_matrix(gw) if gvr is None else _eig_vector_cotangent(w, vr, gw, gvr)
+    ct = _from_p(vr, pbar)
+    if compute_left_eigenvectors:
+      vl, gvl = ans[1], g[1]
+      ct = ct + jnp.conj(T(_from_p(vl, _eig_vector_cotangent(jnp.conj(w), vl, None, gvl))))
   if not is_complex(x):
     ct = jnp.real(ct)
   return (ct.astype(x.dtype),)

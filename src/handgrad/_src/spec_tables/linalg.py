@@ -187,13 +187,25 @@ def _cho_solve(x):
   return jax.scipy.linalg.cho_solve(factor, jnp.ones(x.shape[-1], x.dtype))
 
 
-def _eigvals_projected(x):
-  """``Re(w) + 2·Im(w)`` (the real part of ``w·(1 − 2i)``) of the eigenvalues ``w``: a
-  real function of both parts."""
-  w = jnp.linalg.eigvals(x) * (1 - 2j)
+def _projected(z, dtype):
+  """``Re(z) + 2·Im(z)`` (the real part of ``z·(1 − 2i)``): a real function of both
+  parts of a complex output, which central differences can check."""
   with warnings.catch_warnings():  # dropping the imaginary part is the point here
     warnings.simplefilter("ignore", np.exceptions.ComplexWarning)
-    return lax.convert_element_type(w, x.dtype)
+    return lax.convert_element_type(z * (1 - 2j), dtype)
+
+
+def _eigvals_projected(x):
+  return _projected(jnp.linalg.eigvals(x), x.dtype)
+
+
+def _eig_projected(left, right):
+  """Every output of ``eig`` with eigenvector derivatives enabled, projected to reals."""
+  def fun(x):
+    outs = lax.linalg.eig(x, compute_left_eigenvectors=left, compute_right_eigenvectors=right,
+                          enable_eigvec_derivs=True)
+    return tuple(_projected(o, x.dtype) for o in outs)
+  return fun
 
 
 # -------------------------------------------------------------------------------------
@@ -307,5 +319,11 @@ def table() -> list[RuleSpec]:
         note="a Gaussian matrix has complex-conjugate eigenvalue pairs; LAPACK's order of "
              "a pair can swap under a perturbation: no FD"),
   ]
+  for left, right in ((False, True), (True, False), (True, True)):
+    specs.append(S(
+        "eig", _eig_projected(left, right), (((3, 3),), ((2, 3, 3),)), separated_eigenvalues(),
+        label=f"eigenvectors, left={left} right={right}",
+        note="enable_eigvec_derivs=True: LAPACK's normalisation (unit norm, real "
+             "largest entry) is differentiated, as by JAX"))
   return specs
 
