@@ -249,6 +249,11 @@ SECOND_ORDER = {
         + 2 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(a @ a.T + jnp.eye(3)))))),
     "eigh": lambda a: jnp.sum(jnp.linalg.eigh(a)[1][:, 0] ** 4) + jnp.sum(
         jnp.linalg.eigvalsh(a) ** 3),
+    "svd": lambda a: jnp.sum(jnp.linalg.svd(a)[0][:, 0] ** 4) + jnp.sum(jnp.linalg.svd(a)[1] ** 3),
+    "qr": lambda a: jnp.sum(jnp.linalg.qr(a)[1] ** 3) + jnp.sum(jnp.linalg.qr(a)[0][0] ** 3),
+    "lu": lambda a: jnp.sum(lax.linalg.lu(a)[0] ** 3),
+    "solve_triangular": lambda a: jnp.sum(jsp.linalg.solve_triangular(
+        a, jnp.arange(1.0, 4.0), lower=True, trans=1) ** 2),
 }
 
 
@@ -261,7 +266,7 @@ def test_hessian_matches_jax_hessian(name):
   assert report.passed, str(report)
 
 
-@pytest.mark.parametrize("name", ["solve", "cholesky", "gp"])
+@pytest.mark.parametrize("name", ["solve", "cholesky", "gp", "eigh", "lu"])
 def test_hand_reverse_over_hand_reverse(name):
   # No JAX autodiff at all: the backward pass of custom_linear_solve is itself a
   # custom_linear_solve (of the transposed system), differentiated by hand again.

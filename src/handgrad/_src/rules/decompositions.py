@@ -6,9 +6,10 @@ adjoints, M. Giles, "Collected matrix derivative results for forward and reverse
 algorithmic differentiation", 2008; I. Murray, "Differentiation of the Cholesky
 decomposition", 2016; J. Townsend, "Differentiating the singular value decomposition",
 2016), written by hand in ``lax``/``jnp``.  Leading axes are batch dimensions; matrices
-are real, except for ``eig``, which also takes complex ones.  Conventions are JAX's, including where they are singular: ``1/(wⱼ − wᵢ)`` at a
-degenerate eigenvalue is ``inf`` (so the gradient is ``nan``) unless no blame reaches
-the eigenvectors; the eigenvector derivatives assume distinct eigenvalues.
+are real, except for ``eig``, which also takes complex ones.  Conventions are JAX's,
+including where they are singular: ``1/(wⱼ − wᵢ)`` at a degenerate eigenvalue is
+``inf`` (so the gradient is ``nan``) unless no blame reaches the eigenvectors; the
+eigenvector derivatives assume distinct eigenvalues.
 """
 
 from __future__ import annotations
