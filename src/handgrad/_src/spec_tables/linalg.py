@@ -235,7 +235,7 @@ def table() -> list[RuleSpec]:
       note="conjugate_a has no effect on a real matrix"))
   specs += [
       S("triangular_solve", lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=True),
-        (((3, 3), (3,)), ((2, 3, 3), (2, 3))), (triangular_operand(), normal()),
+        (((3, 3), (3,)), ((1, 1), (1,))), (triangular_operand(), normal()),
         label="solve_triangular, vector right-hand side"),
       # --- custom_linear_solve ---------------------------------------------------------
       S("custom_linear_solve", jnp.linalg.solve,
