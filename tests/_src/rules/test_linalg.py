@@ -2,8 +2,8 @@
 ``jnp.linalg`` and ``jax.scipy.linalg`` against ``jax.grad`` (float64 and float32),
 a Gaussian-process negative log likelihood, second order (``handgrad.hessian`` and
 hand reverse over hand reverse) against ``jax.hessian``, JAX's conventions at singular
-matrices and degenerate eigenvalues, and the errors JAX raises where it defines no
-derivative.  The rules' own sweep is in ``handgrad/_src/spec_tables/linalg.py``."""
+matrices and degenerate eigenvalues, complex matrices against ``jax.vjp``, and the
+errors JAX raises where it defines no derivative.  The rules' own sweep is in ``handgrad/_src/spec_tables/linalg.py``."""
 
 import warnings
 
@@ -465,7 +465,56 @@ def test_unknown_parameters_are_refused():
     hg.registry["cholesky"](x, x, x, new_param=1)
 
 
-def test_complex_matrices_are_refused_with_a_clear_error():
-  x = jnp.eye(3, dtype=jnp.complex128) * (2 + 1j)
-  with pytest.raises(NotImplementedError, match="real matrices only"):
-    hg.registry["cholesky"](x, x, x)
+def _complex(shape, seed):
+  rng = _rng(seed)
+  return jnp.asarray(rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+
+
+def _hermitian(n, seed, batch=()):
+  b = _complex(batch + (n, n), seed)
+  return b @ jnp.conj(jnp.swapaxes(b, -1, -2)) / n + jnp.eye(n)
+
+
+COMPLEX = {
+    "cholesky": (lambda x: lax.linalg.cholesky(x, symmetrize_input=False),
+                 lambda: (_hermitian(4, 0, (2,)),)),
+    "lu": (lambda x: lax.linalg.lu(x)[0], lambda: (_complex((2, 4, 3), 1),)),
+    "qr": (lambda x: tuple(lax.linalg.qr(x, full_matrices=False)), lambda: (_complex((5, 3), 2),)),
+    "qr complete": (lambda x: tuple(lax.linalg.qr(x)), lambda: (_complex((2, 5, 3), 3),)),
+    "qr wide": (lambda x: tuple(lax.linalg.qr(x)), lambda: (_complex((3, 5), 4),)),
+    "qr pivoting": (lambda x: tuple(lax.linalg.qr(x, pivoting=True, full_matrices=False))[:2],
+                    lambda: (_complex((5, 3), 5),)),
+    "eigh": (lambda x: tuple(lax.linalg.eigh(x, symmetrize_input=False)),
+             lambda: (_hermitian(4, 6, (2,)),)),
+    "svd": (lambda x: tuple(lax.linalg.svd(x, full_matrices=False)), lambda: (_complex((5, 3), 7),)),
+    "svd wide": (lambda x: tuple(lax.linalg.svd(x, full_matrices=False)),
+                 lambda: (_complex((2, 3, 5), 8),)),
+    "svdvals": (lambda x: lax.linalg.svd(x, compute_uv=False), lambda: (_complex((3, 4), 9),)),
+    "solve": (jnp.linalg.solve, lambda: (_complex((4, 4), 10) + 4 * jnp.eye(4),
+                                          _complex((4, 2), 11))),
+    "triangular_solve": (
+        lambda a, b: lax.linalg.triangular_solve(a, b, left_side=True, lower=True,
+                                                 transpose_a=True, conjugate_a=True),
+        lambda: (_complex((3, 3), 12) + 3 * jnp.eye(3), _complex((3, 2), 13))),
+    "triangular_solve right": (
+        lambda a, b: lax.linalg.triangular_solve(a, b, left_side=False, lower=False,
+                                                 conjugate_a=True, unit_diagonal=True),
+        lambda: (_complex((3, 3), 14), _complex((2, 3), 15))),
+    "eigvals": (jnp.linalg.eigvals, lambda: (_complex((3, 3), 16),)),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPLEX))
+def test_complex_matrices_match_jax_vjp(name):
+  # Complex inputs and complex cotangents; JAX pairs them without conjugation.
+  f, make = COMPLEX[name]
+  args = make()
+  out, ref = jax.vjp(f, *args)
+  rng = _rng(99)
+  cts = jax.tree.map(lambda o: jnp.asarray(
+      rng.standard_normal(o.shape) + (1j * rng.standard_normal(o.shape)
+                                      if jnp.iscomplexobj(o) else 0)).astype(o.dtype), out)
+  _, hand = hg.vjp(f, *args)
+  for h, r in zip(hand(cts), ref(cts)):
+    assert h.dtype == r.dtype
+    np.testing.assert_allclose(h, r, rtol=1e-9, atol=1e-9)

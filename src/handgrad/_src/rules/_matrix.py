@@ -50,28 +50,21 @@ def diag_matrix(v):
 
 
 def solve_tri(a, b, *, left_side: bool, lower: bool, transpose_a: bool = False,
-              unit_diagonal: bool = False):
-  """``op(a)⁻¹ b`` (``left_side``) or ``b op(a)⁻¹``: the ``triangular_solve`` primitive.
+              conjugate_a: bool = False, unit_diagonal: bool = False):
+  """``op(a)⁻¹ b`` (``left_side``) or ``b op(a)⁻¹``: the ``triangular_solve`` primitive,
+  ``op(a)`` being ``a`` transposed (``transpose_a``) and conjugated (``conjugate_a``).
 
   ``lax.linalg.triangular_solve`` only adds a trailing axis to a vector ``b``; with
   ``b`` of ``a``'s rank it binds the primitive with exactly these parameters.
   """
   assert np.ndim(b) == np.ndim(a), (np.shape(a), np.shape(b))
   return lax.linalg.triangular_solve(a, b, left_side=left_side, lower=lower,
-                                     transpose_a=transpose_a, unit_diagonal=unit_diagonal)
+                                     transpose_a=transpose_a, conjugate_a=conjugate_a,
+                                     unit_diagonal=unit_diagonal)
 
 
 def is_complex(x) -> bool:
   return jax.dtypes.issubdtype(jnp.result_type(x), jnp.complexfloating)
-
-
-def real_only(name: str, *xs) -> None:
-  """Refuses complex operands: the rule is written for real matrices."""
-  for x in xs:
-    if is_complex(x):
-      raise NotImplementedError(
-          f"handgrad's '{name}' rule supports real matrices only, got "
-          f"{jnp.result_type(x)}{tuple(np.shape(x))}")
 
 
 def no_other_params(name: str, params: dict) -> None:

@@ -5,8 +5,9 @@ Each rule is the transpose of the JVP that JAX defines for the primitive (the st
 adjoints, M. Giles, "Collected matrix derivative results for forward and reverse mode
 algorithmic differentiation", 2008; I. Murray, "Differentiation of the Cholesky
 decomposition", 2016; J. Townsend, "Differentiating the singular value decomposition",
-2016), written by hand in ``lax``/``jnp``.  Leading axes are batch dimensions; matrices
-are real, except for ``eig``, which also takes complex ones.  Conventions are JAX's,
+2016), written by hand in ``lax``/``jnp``.  Leading axes are batch dimensions.  Complex
+matrices are supported too: cotangents pair with tangents without conjugation (JAX's
+convention), so a complex-linear map transposes to its plain transpose.  Conventions are JAX's,
 including where they are singular: ``1/(wⱼ − wᵢ)`` at a degenerate eigenvalue is
 ``inf`` (so the gradient is ``nan``) unless no blame reaches the eigenvectors; the
 eigenvector derivatives assume distinct eigenvalues.
@@ -20,7 +21,7 @@ from jax import lax
 
 from handgrad._src.registry import defvjp
 from handgrad._src.rules._matrix import (
-    T, absent_or, diag, diag_matrix, eye, is_complex, mm, no_other_params, real_only,
+    T, absent_or, diag, diag_matrix, eye, is_complex, mm, no_other_params,
     solve_tri, tril, triu)
 
 
@@ -58,16 +59,17 @@ def _phi(x):
 # (Murray): L̇ = L·Φ(L⁻¹ Σ̇ L⁻ᵀ), hence
 #   Σ̄ = L⁻ᵀ Φ(Lᵀ L̄) L⁻¹
 # unsymmetrised, as jax.vjp of the primitive gives it; symmetrize_input=True (the
-# default of lax.linalg.cholesky and jnp.linalg.cholesky) is ½(x + xᵀ) in front of the
-# primitive, whose own rule symmetrises the result.
+# default of lax.linalg.cholesky and jnp.linalg.cholesky) is ½(x + xᴴ) in front of the
+# primitive, whose own rule symmetrises the result.  For a Hermitian Σ = L Lᴴ the JVP
+# is L Φ(L⁻¹ Σ̇ L⁻ᴴ), complex-linear in Σ̇, so its transpose (no conjugation, JAX's
+# convention) ends with conj(L)⁻¹ instead of L⁻¹.
 @defvjp("cholesky")
 def _cholesky_vjp(g, ans, x, **params):
   no_other_params("cholesky", params)
-  real_only("cholesky", x)
   L = tril(ans)
   p = _phi(mm(T(L), g))
   y = solve_tri(L, p, left_side=True, lower=True, transpose_a=True)  # L⁻ᵀ P
-  return (solve_tri(L, y, left_side=False, lower=True),)             # (L⁻ᵀ P) L⁻¹
+  return (solve_tri(L, y, left_side=False, lower=True, conjugate_a=True),)  # · conj(L)⁻¹
 
 
 # -------------------------------------------------------------------------------------
@@ -90,11 +92,11 @@ def _lu_factors(lu, m: int, n: int):
 # Anderssen and Lukas): with X = L⁻¹ (P Ȧ) U⁻¹,  (LU)˙ = L·tril(X, −1) + triu(X)·U.
 # Transposed:
 #   X̄ = tril(Lᵀ ḡ, −1) + triu(ḡ Uᵀ),   P·Ā = L⁻ᵀ X̄ U⁻ᵀ,   Ā = Pᵀ(P·Ā)
-# (rows put back through the inverse permutation).
+# (rows put back through the inverse permutation).  The JVP is complex-linear, so the
+# same plain transposes serve complex matrices (JAX's convention: no conjugation).
 @defvjp("lu")
 def _lu_vjp(g, ans, x, **params):
   no_other_params("lu", params)
-  real_only("lu", x)
   g_lu = g[0]
   lu, _, perm = ans
   m, n = x.shape[-2:]
@@ -108,17 +110,30 @@ def _lu_vjp(g, ans, x, **params):
 # -------------------------------------------------------------------------------------
 # QR.
 
+def _H(x):
+  """``xᴴ``: the conjugate transpose over the last two axes (``xᵀ`` for real ``x``)."""
+  return jnp.conj(T(x)) if is_complex(x) else T(x)
+
+
+def _conj(x):
+  return jnp.conj(x) if is_complex(x) else x
+
+
 def _thin_qr_vjp(q, r, gq, gr):
   """Ā for A = Q R with Q m×n, R n×n (m ≥ n), transposing JAX's JVP (Townsend's
-  derivation): with B = Ȧ R⁻¹, C = Qᵀ B, Ω = tril(C, −1) − tril(C, −1)ᵀ,
+  derivation): with B = Ȧ R⁻¹, C = Qᴴ B, Ω = tril(C, −1) − tril(C, −1)ᴴ + i·Im diag(C),
       Q̇ = Q(Ω − C) + B,   Ṙ = (C − Ω) R.
-  Transposed, with M = Qᵀ Q̄ and N = R̄ Rᵀ:
-      Ω̄ = M − N,   C̄ = N − M + tril(Ω̄ − Ω̄ᵀ, −1),   B̄ = Q̄ + Q C̄,   Ā = B̄ R⁻ᵀ."""
+  Transposed, with M = Qᵀ Q̄ and N = R̄ Rᵀ (no conjugation of cotangents):
+      Ω̄ = M − N,   C̄ = N − M + tril(Ω̄ − Ω̄ᴴ, −1) + i·Im diag(Ω̄),
+      B̄ = Q̄ + conj(Q) C̄,   Ā = B̄ R⁻ᵀ
+  (for real matrices Ω's diagonal term vanishes and conj(Q) = Q)."""
   M = mm(T(q), gq)
   N = mm(gr, T(r))
   omega = M - N
-  c = N - M + tril(omega - T(omega), -1)
-  b = gq + mm(q, c)
+  c = N - M + tril(omega - _H(omega), -1)
+  if is_complex(c):
+    c = c + diag_matrix(1j * jnp.imag(diag(omega)))
+  b = gq + mm(_conj(q), c)
   return solve_tri(r, b, left_side=False, lower=False, transpose_a=True)
 
 
@@ -127,20 +142,19 @@ def _thin_qr_vjp(q, r, gq, gr):
 # * m > n, full_matrices: Q = [Q₁ Q₂] with Q₂ m×(m−n); JAX's JVP (arXiv:2409.13374,
 #   eqs. 32–33) sets, with Z = Q₂ₙ (Q₁ₙ − I)⁻¹ (Q₁ₙ the top n rows of Q₁, Q₂ₙ the other
 #   m−n rows) and W = Q₁ + Q₂ Z,
-#       Q̇₂ = Q̇₁ Zᵀ − W (Q̇₁[n:] − Z Q̇₁[:n])ᵀ,   Ṙ = [Ṙ₁; 0].
-#   Transposed: Ē = −Q̄₂ᵀ W, and Q̄₁ gains Q̄₂ Z, −Zᵀ Ē in its top n rows and Ē in
-#   the others; then the thin rule with (Q₁, R₁).
-# * m < n: A = [A₁ A₂], R = [R₁ R₂] with A₁ = Q R₁ square and R₂ = Qᵀ A₂, so
-#   Ṙ₂ = Q̇ᵀ A₂ + Qᵀ Ȧ₂:  Ā₂ = Q R̄₂, and Q̄ gains A₂ R̄₂ᵀ before the thin rule for A₁.
-#   A₂ are the columns of the pivoted A[:, p] (JAX's JVP reads them from the unpivoted
-#   A, a mismatch only for pivoting=True with m < n; this rule agrees with finite
-#   differences there).
+#       Q̇₂ = Q̇₁ Zᴴ − W (Q̇₁[n:] − Z Q̇₁[:n])ᴴ,   Ṙ = [Ṙ₁; 0].
+#   Transposed: Ē = −Q̄₂ᴴ conj(W), and Q̄₁ gains Q̄₂ conj(Z), −Zᵀ Ē in its top n rows
+#   and Ē in the others; then the thin rule with (Q₁, R₁).
+# * m < n: A = [A₁ A₂], R = [R₁ R₂] with A₁ = Q R₁ square and R₂ = Qᴴ A₂, so
+#   Ṙ₂ = Q̇ᴴ A₂ + Qᴴ Ȧ₂:  Ā₂ = conj(Q) R̄₂, and Q̄ gains conj(A₂) R̄₂ᴴ before the thin
+#   rule for A₁.  A₂ are the columns of the pivoted A[:, p] (JAX's JVP reads them from
+#   the unpivoted A, a mismatch only for pivoting=True with m < n; this rule agrees with
+#   finite differences there).
 # With pivoting the cotangent of A[:, p] is put back through the inverse permutation.
 @defvjp("qr")
 def _qr_vjp(g, ans, x, *, pivoting, full_matrices, use_magma=None, **params):
   # use_magma only picks the GPU library that factorises; the derivative is the same.
   no_other_params("qr", params)
-  real_only("qr", x)
   q, r = ans[0], ans[1]
   gq, gr = g[0], g[1]
   m, n = x.shape[-2:]
@@ -148,17 +162,18 @@ def _qr_vjp(g, ans, x, *, pivoting, full_matrices, use_magma=None, **params):
     x = _take(x, ans[2], axis=-1)
   if m < n:
     gr1, gr2 = gr[..., :, :m], gr[..., :, m:]
-    gq = gq + mm(x[..., :, m:], T(gr2))
-    dx = jnp.concatenate([_thin_qr_vjp(q, r[..., :, :m], gq, gr1), mm(q, gr2)], axis=-1)
+    gq = gq + mm(_conj(x[..., :, m:]), _H(gr2))
+    dx = jnp.concatenate([_thin_qr_vjp(q, r[..., :, :m], gq, gr1), mm(_conj(q), gr2)],
+                         axis=-1)
   elif full_matrices and m > n:
     q1, q2 = q[..., :, :n], q[..., :, n:]
     gq1, gq2 = gq[..., :, :n], gq[..., :, n:]
     q1n, q1p = q1[..., :n, :], q1[..., n:, :]
-    zt = jnp.linalg.solve(T(q1n - eye(n, q.dtype, q.ndim)), T(q1p))  # Zᵀ, n×(m−n)
-    z = T(zt)
+    zh = jnp.linalg.solve(_H(q1n - eye(n, q.dtype, q.ndim)), _H(q1p))  # Zᴴ, n×(m−n)
+    z = _H(zh)
     w = q1 + mm(q2, z)
-    e = -mm(T(gq2), w)                                                  # Ē, (m−n)×n
-    gq1 = gq1 + mm(gq2, z) + jnp.concatenate([-mm(zt, e), e], axis=-2)
+    e = -mm(_H(gq2), _conj(w))                                           # Ē, (m−n)×n
+    gq1 = gq1 + mm(gq2, _conj(z)) + jnp.concatenate([-mm(T(z), e), e], axis=-2)
     dx = _thin_qr_vjp(q1, r[..., :n, :], gq1, gr[..., :n, :])
   else:
     dx = _thin_qr_vjp(q, r, gq, gr)
@@ -178,10 +193,10 @@ def _reciprocal_gaps(w):
   return lax.integer_pow(i + w[..., None, :] - w[..., :, None], -1) - i
 
 
-# V, w = eigh(A) for a symmetric A (A V = V diag(w)).  JAX's JVP (non-degenerate
-# perturbation theory, Giles §3.1): with Ṁ = Vᵀ Ȧ V,  ẇ = diag(Ṁ),  V̇ = V (F ∘ Ṁ).
-# Transposed:
-#   Ā = V (diag(w̄) + F ∘ (Vᵀ V̄)) Vᵀ
+# V, w = eigh(A) for a symmetric (Hermitian) A, A V = V diag(w), w real.  JAX's JVP
+# (non-degenerate perturbation theory, Giles §3.1): with Ṁ = Vᴴ Ȧ V,  ẇ = Re diag(Ṁ),
+# V̇ = V (F ∘ Ṁ).  Transposed (no conjugation of cotangents, JAX's convention):
+#   Ā = conj(V) (diag(w̄) + F ∘ (Vᵀ V̄)) Vᵀ
 # (unsymmetrised, as jax.vjp of the primitive; jnp.linalg.eigh symmetrises its input
 # in front of the primitive).  At a degenerate eigenvalue F is inf and so is the
 # eigenvector term, unless V̄ is absent (eigvalsh, or a loss of w only): JAX's rule.
@@ -191,7 +206,6 @@ def _reciprocal_gaps(w):
 def _eigh_vjp(g, ans, x, *, lower=True, sort_eigenvalues=True, subset_by_index=None,
               algorithm=None, **params):
   no_other_params("eigh", params)
-  real_only("eigh", x)
   n = x.shape[-1]
   if not (subset_by_index is None or tuple(subset_by_index) == (0, n)):
     raise NotImplementedError(
@@ -199,29 +213,32 @@ def _eigh_vjp(g, ans, x, *, lower=True, sort_eigenvalues=True, subset_by_index=N
         f"partial eigendecomposition (nor by jax.grad)")
   v, w = ans
   gv, gw = g
+  w, gw = w.astype(v.dtype), gw.astype(v.dtype)
   inner = diag_matrix(gw) + absent_or(gv, lambda gv: _reciprocal_gaps(w) * mm(T(v), gv))
-  return (mm(mm(v, inner), T(v)),)
+  return (mm(mm(jnp.conj(v), inner), T(v)),)
 
 
 # -------------------------------------------------------------------------------------
 # Singular value decomposition.
 
-# s, U, Vᵀ = svd(A) (thin: k = min(m, n) singular values).  JAX's JVP (Townsend): with
-# Ṡ = Uᵀ Ȧ V, S = diag(s), F[i, j] = 1/(sⱼ² − sᵢ²) off the diagonal (0 on it),
-#   ṡ = diag(Ṡ),  U̇ = U (F ∘ (Ṡ S + S Ṡᵀ)) [+ (I − UUᵀ) Ȧ V S⁻¹ when m > n],
-#   V̇ = V (F ∘ (S Ṡ + Ṡᵀ S)) [+ (I − VVᵀ) Ȧᵀ U S⁻¹ when n > m].
-# Transposed, with Jᵤ = F ∘ (Uᵀ Ū) and Jᵥ = F ∘ (Vᵀ V̄):
-#   S̄ = diag(s̄) + (Jᵤ + Jᵤᵀ) S + S (Jᵥ + Jᵥᵀ),   Ā = U S̄ Vᵀ
-#       [+ (I − UUᵀ) Ū S⁻¹ Vᵀ when m > n]  [+ U S⁻¹ V̄ᵀ (I − VVᵀ) when n > m].
+# s, U, Vᴴ = svd(A) (thin: k = min(m, n) singular values).  JAX's JVP (Townsend): with
+# Ṡ = Uᴴ Ȧ V, S = diag(s), F[i, j] = 1/(sⱼ² − sᵢ²) off the diagonal (0 on it),
+#   ṡ = Re diag(Ṡ),  U̇ = U (F ∘ (Ṡ S + S Ṡᴴ) + D) [+ (I − UUᴴ) Ȧ V S⁻¹ when m > n],
+#   V̇ = V (F ∘ (S Ṡ + Ṡᴴ S)) [+ (I − VVᴴ) Ȧᴴ U S⁻¹ when n > m],
+#   D = diag(i·Im(Ṡⱼⱼ)/sⱼ) (zero for real matrices; 1/0 read as 0).
+# Transposed (no conjugation of cotangents), with Kᵤ = Uᵀ Ū, Jᵤ = F ∘ Kᵤ and
+# Jᵥ = F ∘ (Vᵀ V̄), V̄ = conj(V̄ᴴ)ᵀ:
+#   S̄ = diag(s̄) + (Jᵤ + Jᵤᴴ) S + S (Jᵥ + Jᵥᴴ) + ½(Δ − Δᴴ),  Δ = diag(diag(Kᵤ)/s),
+#   Ā = conj(U) S̄ Vᵀ  [+ (I − conj(U) Uᵀ) Ū S⁻¹ Vᵀ when m > n]
+#                     [+ ((I − conj(V) Vᵀ) V̄ S⁻¹ Uᵀ)ᴴ when n > m].
 # Repeated singular values make F inf and a zero one makes S⁻¹ inf: the vector terms are
-# then inf or nan, and dropped when no blame reaches U (resp. Vᵀ), as in JAX.  As in
+# then inf or nan, and dropped when no blame reaches U (resp. Vᴴ), as in JAX.  As in
 # JAX the singular vectors of full_matrices=True have no derivative unless A is square.
 @defvjp("svd")
 def _svd_vjp(g, ans, x, *, full_matrices, compute_uv, subset_by_index=None, algorithm=None,
              **params):
   # algorithm only picks the LAPACK/GPU routine; the rule uses the outputs it returns.
   no_other_params("svd", params)
-  real_only("svd", x)
   m, n = x.shape[-2:]
   k = min(m, n)
   subset = not (subset_by_index is None or tuple(subset_by_index) == (0, k))
@@ -240,21 +257,39 @@ def _svd_vjp(g, ans, x, *, full_matrices, compute_uv, subset_by_index=None, algo
     (s,), (gs,) = ans, g
     u, s, vt = lax.linalg.svd(x, full_matrices=False, compute_uv=True,
                               subset_by_index=subset_by_index, algorithm=algorithm)
-  v = T(vt)
-  sbar = diag_matrix(gs)
+  v = _H(vt)
+  sbar = diag_matrix(gs.astype(u.dtype))
   row = s[..., None, :]  # row[i, j] = sⱼ
+
   if compute_uv:
     sq = (row + T(row)) * (row - T(row))
     i = eye(sq.shape[-1], sq.dtype, sq.ndim)
     f = 1 / (sq + i) - i
-    ju = lambda gu: (lambda j: (j + T(j)) * row)(f * mm(T(u), gu))
-    jv = lambda gv: (lambda j: T(row) * (j + T(j)))(f * mm(T(v), gv))
-    sbar = sbar + absent_or(gu, ju) + absent_or(gvt, lambda gvt: jv(T(gvt)))
-  dx = mm(mm(u, sbar), vt)
+
+    def u_term(gu):
+      ku = mm(T(u), gu)
+      j = f * ku
+      out = (j + _H(j)) * row
+      if is_complex(ku):
+        zero = (s == 0).astype(s.dtype)
+        delta = diag_matrix(diag(ku) * (1 / (s + zero) - zero))
+        out = out + 0.5 * (delta - _H(delta))
+      return out
+
+    def v_term(gvt):
+      j = f * mm(T(v), _H(gvt))
+      return T(row) * (j + _H(j))
+
+    sbar = sbar + absent_or(gu, u_term) + absent_or(gvt, v_term)
+  dx = mm(mm(_conj(u), sbar), _conj(vt))
   if compute_uv and m > n:
-    dx = dx + absent_or(gu, lambda gu: mm((gu - mm(u, mm(T(u), gu))) / row, vt))
+    dx = dx + absent_or(gu, lambda gu: mm(
+        (gu - mm(_conj(u), mm(T(u), gu))) / row, _conj(vt)))
   if compute_uv and n > m:
-    dx = dx + absent_or(gvt, lambda gvt: mm(u / row, gvt - mm(mm(gvt, v), vt)))
+    def v_outside(gvt):
+      vbar = _H(gvt)
+      return _H(mm((vbar - mm(_conj(v), mm(T(v), vbar))) / row, T(u)))
+    dx = dx + absent_or(gvt, v_outside)
   return (dx,)
 
 

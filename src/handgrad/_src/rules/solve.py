@@ -8,28 +8,32 @@ function), never by differentiating the solver itself.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from jax.extend.core import primitives
 
 from handgrad._src.registry import defvjp
-from handgrad._src.rules._matrix import T, mm, no_other_params, real_only, solve_tri, tril, triu
+from handgrad._src.rules._matrix import T, is_complex, mm, no_other_params, solve_tri, tril, triu
 
 
 # X = op(A)⁻¹ B (left_side) or X = B op(A)⁻¹, op(A) = A or Aᵀ (transpose_a), where only
 # the `lower` (or upper) triangle of A is read and, with unit_diagonal, not its diagonal:
 #   dB = op(A)⁻ᵀ g                    (left)      dB = g op(A)⁻ᵀ                 (right)
 #   d op(A) = −dB Xᵀ                   (left)      d op(A) = −Xᵀ dB               (right)
-#   dA = the read triangle of d op(A) (transposed back when transpose_a); JAX's JVP
-#   masks the tangent of A to the same triangle (diagonal excluded when unit_diagonal).
-# conjugate_a has no effect on a real A (JAX's wrapper clears it for real operands).
+#   dA = the read triangle of d op(A), transposed back when transpose_a and conjugated
+#   back when conjugate_a; JAX's JVP masks the tangent of A to the same triangle
+#   (diagonal excluded when unit_diagonal).
+# Complex operands pair cotangents without conjugation (JAX's convention), so op(A)⁻ᵀ
+# keeps conjugate_a: the solve of JAX's own transpose rule.  conjugate_a has no effect
+# on a real A.
 @defvjp("triangular_solve")
 def _triangular_solve_vjp(g, ans, a, b, *, left_side, lower, transpose_a, conjugate_a,
                           unit_diagonal, **params):
   no_other_params("triangular_solve", params)
-  real_only("triangular_solve", a, b)
   db = solve_tri(a, g, left_side=left_side, lower=lower, transpose_a=not transpose_a,
-                 unit_diagonal=unit_diagonal)
+                 conjugate_a=conjugate_a, unit_diagonal=unit_diagonal)
   dop = -mm(db, T(ans)) if left_side else -mm(T(ans), db)
   da = T(dop) if transpose_a else dop
+  da = jnp.conj(da) if conjugate_a and is_complex(da) else da
   k = 1 if unit_diagonal else 0
   da = tril(da, -k) if lower else triu(da, k)
   return da, db
