@@ -85,5 +85,5 @@ def absent_or(ct, term):
   all-zero cotangent drops its term, as JAX drops a symbolic zero.
   """
   value = term(ct)
-  absent = jnp.all(ct == 0)
-  return lax.select(jnp.broadcast_to(absent, value.shape), jnp.zeros_like(value), value)
+  # A scalar predicate: the selected values keep the sharding of ``value``.
+  return lax.select(jnp.all(ct == 0), jnp.zeros_like(value), value)

@@ -34,7 +34,7 @@ def _pad_axis(x, axis: int, after: int, value=0):
 
 def _inverse_permutation(perm):
   """``inv`` with ``inv[perm[i]] = i`` along the last axis (``perm`` a permutation)."""
-  iota = lax.broadcasted_iota(perm.dtype, perm.shape, perm.ndim - 1)
+  iota = jnp.zeros_like(perm) + lax.iota(perm.dtype, perm.shape[-1])  # perm's sharding
   return lax.sort_key_val(perm, iota, dimension=perm.ndim - 1)[1]
 
 
