@@ -76,14 +76,17 @@ def no_other_params(name: str, params: dict) -> None:
 
 
 def absent_or(ct, term):
-  """``term(ct)``, or zeros where the cotangent ``ct`` is all zero.
+  """``term(ct)``; ``0`` where the cotangent ``ct`` is absent (``None``) or all zero.
 
   JAX skips the terms of an output that received no blame (a symbolic zero); the
-  engine hands a primitive's rule zeros instead.  Terms that multiply such a cotangent
-  by a non-finite factor (``1/(wⱼ − wᵢ)`` at a degenerate eigenvalue) would turn ``0``
-  into ``nan`` where ``jax.grad`` stays finite (``eigvalsh`` of the identity), so an
-  all-zero cotangent drops its term, as JAX drops a symbolic zero.
+  engine hands a multi-output primitive's rule ``None`` for such an output, and the
+  term is dropped.  Terms that multiply a zero cotangent by a non-finite factor
+  (``1/(wⱼ − wᵢ)`` at a degenerate eigenvalue) would turn ``0`` into ``nan`` where
+  ``jax.grad`` stays finite (``eigvalsh`` of the identity), so an all-zero cotangent
+  (blame that cancelled, or zeros instantiated upstream) drops its term too.
   """
+  if ct is None:
+    return 0
   value = term(ct)
   # A scalar predicate: the selected values keep the sharding of ``value``.
   return lax.select(jnp.all(ct == 0), jnp.zeros_like(value), value)

@@ -20,6 +20,7 @@ import numpy as np
 from jax import lax
 
 from handgrad._src.registry import defvjp
+from handgrad._src.rules._common import zeros_where_missing
 from handgrad._src.rules._matrix import (
     T, absent_or, diag, diag_matrix, eye, is_complex, mm, no_other_params,
     solve_tri, tril, triu)
@@ -156,7 +157,7 @@ def _qr_vjp(g, ans, x, *, pivoting, full_matrices, use_magma=None, **params):
   # use_magma only picks the GPU library that factorises; the derivative is the same.
   no_other_params("qr", params)
   q, r = ans[0], ans[1]
-  gq, gr = g[0], g[1]
+  gq, gr = zeros_where_missing(g[:2], ans[:2])
   m, n = x.shape[-2:]
   if pivoting:
     x = _take(x, ans[2], axis=-1)
@@ -212,7 +213,7 @@ def _eigh_vjp(g, ans, x, *, lower=True, sort_eigenvalues=True, subset_by_index=N
         f"eigh with subset_by_index={subset_by_index}: derivatives are not defined for a "
         f"partial eigendecomposition (nor by jax.grad)")
   v, w = ans
-  gv, gw = g
+  gv, gw = g[0], zeros_where_missing(g[1:], ans[1:])[0]
   w, gw = w.astype(v.dtype), gw.astype(v.dtype)
   inner = diag_matrix(gw) + absent_or(gv, lambda gv: _reciprocal_gaps(w) * mm(T(v), gv))
   return (mm(mm(jnp.conj(v), inner), T(v)),)
@@ -253,6 +254,7 @@ def _svd_vjp(g, ans, x, *, full_matrices, compute_uv, subset_by_index=None, algo
   if compute_uv:
     s, u, vt = ans
     gs, gu, gvt = g
+    gs = zeros_where_missing([gs], [s])[0]
   else:
     (s,), (gs,) = ans, g
     u, s, vt = lax.linalg.svd(x, full_matrices=False, compute_uv=True,
@@ -344,7 +346,7 @@ def _eig_vjp(g, ans, x, *, compute_left_eigenvectors, compute_right_eigenvectors
         "Derivatives of non-symmetric eigenvectors are only valid under assumptions on "
         "the input that JAX cannot check (see the enable_eigvec_derivs argument to "
         "jax.lax.linalg.eig); use jnp.linalg.eigvals for the eigenvalues alone")
-  w, gw = ans[0], g[0]
+  w, gw = ans[0], zeros_where_missing(g[:1], ans[:1])[0]
   if compute_right_eigenvectors:
     vr, gvr = ans[-1], g[-1]
   else:
@@ -356,7 +358,7 @@ def _eig_vjp(g, ans, x, *, compute_left_eigenvectors, compute_right_eigenvectors
   else:
     pbar = diag_matrix(gw) if gvr is None else _eig_vector_cotangent(w, vr, gw, gvr)
     ct = _from_p(vr, pbar)
-    if compute_left_eigenvectors:
+    if compute_left_eigenvectors and g[1] is not None:
       vl, gvl = ans[1], g[1]
       ct = ct + jnp.conj(T(_from_p(vl, _eig_vector_cotangent(jnp.conj(w), vl, None, gvl))))
   if not is_complex(x):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax.extend.core import primitives
 
 from handgrad._src.registry import defvjp
+from handgrad._src.rules._common import zeros_where_missing
 from handgrad._src.rules._matrix import T, is_complex, mm, no_other_params, solve_tri, tril, triu
 
 
@@ -65,7 +66,8 @@ def _custom_linear_solve_vjp(g, ans, *args, const_lengths, jaxprs, **params):
   vecmat_c = consts[n_mv:n_mv + n_vm]
   solve_c = consts[n_mv + n_vm:n_mv + n_vm + n_s]
   tsolve_c = consts[n_mv + n_vm + n_s:]
-  ct_x, x = list(g[:len(b)]), list(ans[:len(b)])
+  x = list(ans[:len(b)])
+  ct_x = zeros_where_missing(g[:len(b)], x)
   ct_b = primitives.linear_solve_p.bind(
       *vecmat_c, *matvec_c, *tsolve_c, *solve_c, *ct_x,
       const_lengths=const_lengths.transpose(), jaxprs=jaxprs.transpose())[:len(b)]
