@@ -25,10 +25,11 @@ from handgrad._src.inspect.exploding import GradRank
 from handgrad._src.inspect.exploding import explain_exploding
 from handgrad._src.inspect.exploding import gradient_norms
 from handgrad._src.inspect.exploding import rank_gradients
-from handgrad._src.inspect.monitor import GradStats
+from handgrad._src.inspect.health import GradStats
+from handgrad._src.inspect.health import Status
+from handgrad._src.inspect.health import check_health
+from handgrad._src.inspect.health import classify
 from handgrad._src.inspect.monitor import GradientMonitor
-from handgrad._src.inspect.monitor import check_health
-from handgrad._src.inspect.monitor import classify
 from handgrad._src.inspect.monitor import gradient_stats
 from handgrad._src.inspect.plots import bar_colours
 from handgrad._src.inspect.plots import plot_gradient_flow
@@ -49,7 +50,7 @@ from handgrad._src.second_order import top_hessian_eigenvalues
 
 __all__ = [
     "BackwardTrace", "ComputationGraph", "DeadReLU", "GradRank", "GradStats",
-    "GradientMonitor", "Residual", "SafeOptimizerState", "Spectrum", "ZeroGradReport",
+    "GradientMonitor", "Residual", "SafeOptimizerState", "Spectrum", "Status", "ZeroGradReport",
     "bar_colours", "check_health", "classify", "clip_grad_norm", "clip_grad_value",
     "dead_relu_report", "explain_exploding", "find_zero_gradients",
     "format_zero_gradients", "gradient_norms", "gradient_stats", "make_graph",
