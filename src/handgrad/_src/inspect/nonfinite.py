@@ -191,6 +191,7 @@ class _Meta:
   """Static facts of the traced program, filled in while the jitted run traces."""
   graph: Any = None
   jaxpr: Any = None
+  n_consts: int = 0
   n_inputs: int = 0
   value_ids: list = dataclasses.field(default_factory=list)  # order of the value flags
   events: list = dataclasses.field(default_factory=list)  # backward leaf paths in order
@@ -238,7 +239,7 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target):
   jaxpr = traced.frame.jaxpr
   n_consts, n_in = len(jaxpr.constvars), len(jaxpr.invars)
   graph = trace_mod.build_graph(jaxpr, [True] * n_in, n_consts)
-  meta.graph, meta.n_inputs, meta.jaxpr = graph, n_in, jaxpr
+  meta.graph, meta.n_inputs, meta.jaxpr, meta.n_consts = graph, n_in, jaxpr, n_consts
   env = traced.frame.env
   consts = [env[v] for v in jaxpr.constvars]
   ins = [env[v] for v in jaxpr.invars]
@@ -479,8 +480,13 @@ def source_line(jaxpr, path) -> str:
 # --- diagnosis ---------------------------------------------------------------------------------
 
 def _input_diagnosis(meta: _Meta, n: int) -> str:
-  return ("an argument (or a value closed over) already holds a NaN or inf before any "
-          "equation runs: check the data and the parameters (value #%d)" % n)
+  k = n - meta.n_consts
+  if 0 <= k < len(meta.grad_names):
+    what = f"the differentiated argument `{meta.grad_names[k]}`"
+  else:
+    what = "a non-differentiated argument or a value the function closes over"
+  return (f"{what} already holds a NaN or inf before any equation runs: check the data, "
+          "the parameters and the previous update.")
 
 
 def _producer_chain(graph, n, depth=10) -> list:
@@ -609,7 +615,7 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
     if low_precision and (out_dtype in _FP16_MAX):
       lim = _FP16_MAX[out_dtype]
       biggest = max(max(abs(s.min), abs(s.max)) for s in operands) if operands else 0
-      return (f"{out_dtype} overflow: `{name}` produced a value beyond ±{lim:g} from finite "
+      return (f"{out_dtype} overflow: `{op or name}` produced a value beyond ±{lim:g} from finite "
               f"operands (largest |operand| {biggest:.4g}).  Compute this in float32 "
               "(a mixed-precision policy keeps reductions and losses in float32)." + scaler)
     if name in ("exp", "exp2", "expm1"):
@@ -639,17 +645,19 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
     dist = _is_variance(g, leaf.ins[0]) or any(
         p.eqn.primitive.name == "reduce_sum" for p in _producer_chain(g, leaf.ins[0], 2))
     what = "a squared distance (a sum of squares) that reaches 0" if dist else "0"
+    formula = {"sqrt": "d sqrt(u)/du = 1/(2 sqrt(u)) = inf",
+               "rsqrt": "d rsqrt(u)/du = -1/(2 u^1.5) = -inf"}.get(
+                   name, "d u^p/du = p·u^(p-1) = inf for p < 1")
     return (f"{name}'s derivative is infinite at 0 and the operand is {what} "
-            f"({x.zeros} zero element(s)): d sqrt(u)/du = 1/(2 sqrt(u)) = inf.  Use "
-            "sqrt(u + eps), or a double where that returns 0 for u = 0 and feeds "
-            "sqrt a safe value there.")
+            f"({x.zeros} zero element(s)): {formula}.  Use {name}(u + eps), or a double "
+            "where that returns 0 for u = 0 and feeds it a safe value there.")
   if singular:
     return f"the derivative of `{name}` is infinite here: {singular}."
   if low_precision:
     dt = next((s.dtype for s in stats if s.dtype in _FP16_MAX), out_dtype)
     lim = _FP16_MAX.get(dt, 0)
     biggest = max((max(abs(s.min), abs(s.max)) for s in cts), default=0.0)
-    return (f"{dt} overflow in the backward pass: the cotangent through `{name}` "
+    return (f"{dt} overflow in the backward pass: the cotangent through `{op or name}` "
             f"exceeds ±{lim:g} (incoming cotangent up to {biggest:.4g})." + scaler)
   return (f"the hand rule of `{op or name}` turned finite cotangents into a NaN or inf "
           "(an overflow in the rule's arithmetic, or a derivative that is infinite here).")
