@@ -107,7 +107,7 @@ def _all_finite(x) -> Any:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     return jnp.asarray(True)
-  return jnp.all(jnp.isfinite(x))
+  return jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype)))
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -195,14 +195,21 @@ class _Meta:
   n_inputs: int = 0
   value_ids: list = dataclasses.field(default_factory=list)  # order of the value flags
   events: list = dataclasses.field(default_factory=list)  # backward leaf paths in order
+  ct_flag_ids: list = dataclasses.field(default_factory=list)  # order of "bwd_ct"
   grad_names: list = dataclasses.field(default_factory=list)
   in_avals: dict = dataclasses.field(default_factory=dict)  # leaf path -> operand avals
   literal_bad: dict = dataclasses.field(default_factory=dict)  # path -> non-finite literal
 
 
-def _evaluate(graph, jaxpr, consts, args, path, vals):
-  """Evaluates ``jaxpr`` as :func:`trace.build_graph` walks it, storing every leaf's
-  operands and results by value id in ``vals`` (``vals["in", path]`` the operands)."""
+def _evaluate(graph, jaxpr, consts, args, path, vals, frame=None):
+  """Walks ``jaxpr`` as :func:`trace.build_graph` does, storing every leaf's operands
+  (``vals["in", path]``) and results (``vals[value id]``).
+
+  The values come from the engine's forward ``frame`` where it kept them (the outer
+  jaxpr and the differentiated plain ``jit`` regions), so the flags read the very
+  arrays the backward pass uses; the rest (a ``jit`` on data only, a checkpoint
+  region, whose values the engine does not keep) is evaluated again here.
+  """
   env = dict(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
 
@@ -217,10 +224,18 @@ def _evaluate(graph, jaxpr, consts, args, path, vals):
     p = path + (i,)
     if nested is not None:
       inner, inner_consts = nested
+      child = frame.children.get(i) if frame is not None else None
+      if isinstance(child, engine.Frame) and child.jaxpr is inner:
+        inner_consts = [child.env[v] for v in inner.constvars]
+      else:
+        child = None
       with engine._context(eqn):
-        outs = _evaluate(graph, inner, inner_consts, invals, p, vals)
+        outs = _evaluate(graph, inner, inner_consts, invals, p, vals, child)
     else:
-      outs = engine.bind(eqn, invals)
+      if frame is not None and i in frame.outs:
+        outs = frame.outs[i]
+      else:
+        outs = engine.bind(eqn, invals)
       leaf = graph.leaves[p]
       vals["in", p] = invals
       for n, x in zip(leaf.outs, outs):
@@ -231,8 +246,9 @@ def _evaluate(graph, jaxpr, consts, args, path, vals):
   return [read(v) for v in jaxpr.outvars]
 
 
-def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target):
-  """The body of the jitted run: returns flags (and, for ``target``, statistics)."""
+def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target, with_grads=False):
+  """The body of the jitted run: returns flags (and, for ``target``, statistics;
+  ``with_grads``: the value and gradients as ``value_and_grad`` returns them)."""
   traced, nums = api.traced_for_argnums(fun, args, {}, argnums, has_aux)
   loss = traced.out
   api._check_scalar(loss)
@@ -246,7 +262,7 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target):
   vals: dict = {}
   for n, x in enumerate([*consts, *ins]):
     vals[n] = x
-  _evaluate(graph, jaxpr, consts, ins, (), vals)
+  _evaluate(graph, jaxpr, consts, ins, (), vals, traced.frame)
   meta.value_ids = sorted(k for k in vals if isinstance(k, int))
   fwd_flags = jnp.stack([_all_finite(vals[n]) for n in meta.value_ids])
   for p, leaf in graph.leaves.items():
@@ -257,8 +273,8 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target):
     if bad:
       meta.literal_bad[p] = bad
 
-  bwd_out: list = []
   bwd_in: list = []
+  ct_flags: dict = {}  # value id -> flag of its total cotangent (accumulated ones only)
   captured: dict = {}
 
   def on_eqn(eqn, layer_name, cts_out, cts_in):
@@ -267,8 +283,14 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target):
     if leaf is None or leaf.eqn is not eqn:
       return  # a nested region's own report, or an equation inside an opaque one
     meta.events.append(p)
-    bwd_out.append(jnp.stack([_all_finite(ct) for ct in cts_out]))
     bwd_in.append(jnp.stack([_all_finite(ct) for ct in cts_in]))
+    # A total cotangent that is one consumer's contribution is finite exactly when that
+    # contribution is (read from its flag on the host); only a sum of several (where an
+    # addition may overflow) needs a flag of its own.
+    for n, ct in zip(leaf.outs, cts_out):
+      uses = len(graph.consumers[n]) + (n in graph.outputs)
+      if ct is not None and uses > 1:
+        ct_flags[n] = _all_finite(ct)
     if target == ("backward", p):
       captured["cts_out"] = list(cts_out)
 
@@ -278,8 +300,14 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target):
   grads = [engine.zeros(a) if ct is None else ct for ct, a in zip(cts, traced.in_avals)]
   grad_flags = jnp.stack([_all_finite(g) for g in grads]) if grads else jnp.ones((0,), bool)
   meta.grad_names = _arg_paths(traced.in_tree, grads, nums)
-  out = {"loss": loss, "fwd": fwd_flags, "grads": grad_flags,
-         "bwd_out": bwd_out, "bwd_in": bwd_in}
+  meta.ct_flag_ids = sorted(ct_flags)
+  out = {"loss": loss, "fwd": fwd_flags, "grads": grad_flags, "bwd_in": bwd_in,
+         "bwd_ct": (jnp.stack([ct_flags[n] for n in meta.ct_flag_ids]) if ct_flags
+                    else jnp.ones((0,), bool))}
+  if with_grads:
+    g = jax.tree.unflatten(traced.in_tree, grads)
+    out["value_and_grad"] = ((loss, traced.aux) if has_aux else loss,
+                             g[0] if isinstance(argnums, int) else g)
   if target is not None:
     phase, p = target
     operands = vals["in", p]
@@ -304,6 +332,32 @@ def _arg_paths(in_tree, flat, nums) -> list[str]:
     else:
       out.append(f"arg{k}" + (f"/{rest}" if rest else ""))
   return out
+
+
+def value_and_grad_with_flags(f: Callable, argnums: int | Sequence[int] = 0,
+                              has_aux: bool = False) -> Callable:
+  """``handgrad.value_and_grad(f)`` that also returns :func:`find_nonfinite`'s flags.
+
+  ``fn(*args) -> (value, grads), flags``; jit-safe.  ``flags`` is a pytree of boolean
+  arrays (one finiteness flag per forward value and per backward cotangent): a train
+  step can compute them with its gradients in the same program and, when
+  ``all_flags_finite(flags)`` is false, call :func:`find_nonfinite` on the host for the
+  report.  Its cost over the plain step is what ``bench/nonfinite.py`` measures.
+  """
+
+  def fn(*args):
+    out = _trace_run(f, args, argnums, has_aux, _Meta(), None, with_grads=True)
+    vg = out.pop("value_and_grad")
+    return vg, out
+
+  return fn
+
+
+def all_flags_finite(flags) -> Any:
+  """Whether every flag of :func:`value_and_grad_with_flags` is set (loss, forward
+  values that reach nowhere included: use the gradients' finiteness to decide a step)."""
+  leaves = [jnp.all(x) for x in jax.tree.leaves(flags) if x.dtype == jnp.bool_]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _run(f, args, argnums, has_aux, target):
@@ -343,14 +397,20 @@ def _first_forward_root(meta: _Meta, flags: dict) -> tuple | None:
   return min(roots, key=lambda r: r[1])
 
 
-def _first_backward_root(meta: _Meta, out_flags, in_flags, grad_ok) -> tuple | None:
+def _first_backward_root(meta: _Meta, in_flags, ct_flags) -> int | None:
+  """The first event (backward order) whose incoming cotangents were finite and whose
+  outgoing ones were not, on a chain of non-finite cotangents reaching a gradient."""
   g = meta.graph
-  # value id -> [(event index, invar k)] of the cotangent contributions it received
-  contrib: dict = {}
+  contrib: dict = {}  # value id -> events that sent it a non-finite contribution
   for e, p in enumerate(meta.events):
     for k, n in enumerate(g.leaves[p].ins):
       if n is not None and not in_flags[e][k]:
         contrib.setdefault(n, []).append(e)
+  explicit = dict(zip(meta.ct_flag_ids, ct_flags))
+
+  def bad_total(n):
+    return not explicit[n] if n in explicit else n in contrib
+
   sinks = [n for n in range(len(g.data)) if g.producer[n] is None and n in contrib]
   roots, seen = [], set()
   stack = list(sinks)
@@ -360,14 +420,11 @@ def _first_backward_root(meta: _Meta, out_flags, in_flags, grad_ok) -> tuple | N
       if e in seen:
         continue
       seen.add(e)
-      p = meta.events[e]
-      leaf = g.leaves[p]
-      bad_out = [leaf.outs[j] for j, ok in enumerate(out_flags[e]) if not ok]
+      bad_out = [m for m in g.leaves[meta.events[e]].outs if bad_total(m)]
       if bad_out:
         stack.extend(bad_out)
       else:
         roots.append(e)
-  del grad_ok
   return min(roots) if roots else None
 
 
@@ -423,9 +480,8 @@ def find_nonfinite(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
     return NonFiniteReport(False, loss, bad_grads, phase="input", masked=masked,
                            diagnosis=_input_diagnosis(meta, n))
   if root is None:
-    bwd_out = [np.asarray(x).tolist() for x in out["bwd_out"]]
     bwd_in = [np.asarray(x).tolist() for x in out["bwd_in"]]
-    e = _first_backward_root(meta, bwd_out, bwd_in, grad_ok)
+    e = _first_backward_root(meta, bwd_in, np.asarray(out["bwd_ct"]).tolist())
     if e is None:
       return NonFiniteReport(False, loss, bad_grads, masked=masked,
                              diagnosis="no single equation found: the non-finite values "
