@@ -18,7 +18,6 @@ import statistics
 import sys
 
 import jax
-import jax.numpy as jnp
 
 import handgrad as hg
 from handgrad._src.inspect import nonfinite

@@ -464,7 +464,6 @@ def find_nonfinite(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
   flags = dict(zip(meta.value_ids, np.asarray(out["fwd"]).tolist()))
   grad_ok = np.asarray(out["grads"]).tolist()
   bad_grads = tuple(n for n, ok in zip(meta.grad_names, grad_ok) if not ok)
-  g = meta.graph
   loss_finite = math.isfinite(float(out["loss"]))
   masked = sum(1 for n, ok in flags.items() if not ok)
   if loss_finite and not bad_grads:
@@ -547,13 +546,14 @@ def _input_diagnosis(meta: _Meta, n: int) -> str:
 
 def _producer_chain(graph, n, depth=10) -> list:
   """Leaves producing value ``n`` and its ancestors, nearest first (a few levels)."""
-  out, frontier = [], [n]
+  out, frontier, seen = [], [n], set()
   for _ in range(depth):
     nxt = []
     for m in frontier:
       p = graph.producer[m] if m is not None else None
-      if p is None:
+      if p is None or p in seen:
         continue
+      seen.add(p)
       leaf = graph.leaves[p]
       out.append(leaf)
       nxt.extend(x for x in leaf.ins if x is not None)
@@ -633,18 +633,18 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
       return f"{op} of logits that are already non-finite."
 
   if phase == "forward":
-    if name == "log" or name == "log1p":
-      shift = -1 if name == "log1p" else 0
-      what = "0" if shift == 0 else "-1"
-      if x.zeros and name == "log" and _is_softmax(g, leaf.ins[0]):
+    if name == "log":
+      if x.zeros and _is_softmax(g, leaf.ins[0]):
         return ("log of a softmax that underflowed: some probabilities are exactly 0 in "
                 f"{x.dtype}, and log(0) = -inf.  Use log_softmax (jax.nn.log_softmax, "
                 "handgrad.ops.log_softmax) or softmax_cross_entropy on the logits.")
       if x.negatives:
-        return f"{name} of a negative number is NaN ({x.negatives} negative operand(s), min {x.min:.4g})."
-      return (f"{name} of {what} is -inf ({x.zeros} zero operand(s)); add a small epsilon "
-              "or clip the operand away from it.")
-    if name in ("div",) and len(operands) == 2:
+        return _negative(name, x)
+      return (f"log of 0 is -inf ({x.zeros} zero operand(s)); add a small epsilon or clip "
+              "the operand away from 0.")
+    if name == "log1p":
+      return (f"log1p of an operand at or below -1 is -inf or NaN (min {x.min:.4g}).")
+    if name == "div" and len(operands) == 2:
       num, den = operands
       if den.zeros:
         var = _is_variance(g, leaf.ins[1])
@@ -656,14 +656,14 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
         return f"division by zero{both}: {den.zeros} zero denominator element(s)."
     if name in ("rsqrt", "sqrt"):
       if x.negatives:
-        return f"{name} of a negative number is NaN ({x.negatives} negative operand(s), min {x.min:.4g})."
+        return _negative(name, x)
       if name == "rsqrt" and x.zeros:
         if _is_variance(g, leaf.ins[0]):
           return ("rsqrt of a zero variance: a normalisation of a constant row with eps = 0 "
                   "gives 1/sqrt(0) = inf.  Use eps > 0.")
         return f"rsqrt of 0 is inf ({x.zeros} zero operand(s))."
     if name == "pow" and len(operands) == 2:
-      base, ex = operands
+      base = operands[0]
       if base.negatives:
         return "pow of a negative base with a non-integer exponent is NaN."
       if base.zeros:
@@ -671,8 +671,8 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
     if low_precision and (out_dtype in _FP16_MAX):
       lim = _FP16_MAX[out_dtype]
       biggest = max(max(abs(s.min), abs(s.max)) for s in operands) if operands else 0
-      return (f"{out_dtype} overflow: `{op or name}` produced a value beyond ±{lim:g} from finite "
-              f"operands (largest |operand| {biggest:.4g}).  Compute this in float32 "
+      return (f"{out_dtype} overflow: `{op or name}` produced a value beyond ±{lim:g} from "
+              f"finite operands (largest |operand| {biggest:.4g}).  Compute this in float32 "
               "(a mixed-precision policy keeps reductions and losses in float32)." + scaler)
     if name in ("exp", "exp2", "expm1"):
       limit = math.log(float(jnp.finfo(jnp.dtype(out_dtype)).max))
@@ -680,24 +680,27 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
               f"{out_dtype}) ≈ {limit:.4g}.  For a softmax or logsumexp, subtract the "
               "maximum first (jax.nn.logsumexp, jax.nn.softmax and handgrad.ops.softmax do).")
     if name in _OVERFLOWING:
-      return f"`{name}` overflowed to inf from finite operands (largest |operand| " \
-             f"{max(max(abs(s.min), abs(s.max)) for s in operands):.4g})."
+      biggest = max(max(abs(s.min), abs(s.max)) for s in operands)
+      return f"`{name}` overflowed to inf from finite operands (largest |operand| {biggest:.4g})."
     return f"`{name}` produced a NaN or inf from finite operands."
 
   # backward: the incoming cotangent was finite, the outgoing one is not.
   cts = stats[len(eqn.invars):]
   sel = _consumer_select(g, leaf) if name in _SINGULAR or op is not None else None
-  singular = _singular_reason(name, operands)
+  singular = _singular_reason(eqn, operands)
   if sel is not None and singular:
     sel_leaf, case = sel
-    branch = {0: "false (third) argument", 1: "true (second) argument"}.get(case, f"case {case}")
+    # jnp.where(c, a, b) is select_n(c, b, a): case 0 is b (the false branch).
+    branch = {0: "false (third) argument", 1: "true (second) argument"}.get(
+        case, f"case {case}")
     return (f"the jnp.where trap: the output of `{name}` is the {branch} of the "
             f"jnp.where at {source_line(g_jaxpr, sel_leaf.path)}, "
             f"and where that branch is not selected its cotangent is 0; but {singular}, "
             "and 0 · inf = NaN flows back.  Fix with the double where: make the operand "
             "safe where the branch is discarded, e.g. `safe = jnp.where(cond, x, 1.0)`, "
             f"then `jnp.where(cond, {name}(safe), 0.0)`.")
-  if name in ("sqrt", "rsqrt", "pow", "integer_pow") and x is not None and x.zeros:
+  if (name in ("sqrt", "rsqrt", "pow", "integer_pow") and x is not None and x.zeros
+      and _singular_at_zero(eqn, operands)):
     dist = _is_variance(g, leaf.ins[0]) or any(
         p.eqn.primitive.name == "reduce_sum" for p in _producer_chain(g, leaf.ins[0], 2))
     what = "a squared distance (a sum of squares) that reaches 0" if dist else "0"
@@ -719,11 +722,29 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
           "(an overflow in the rule's arithmetic, or a derivative that is infinite here).")
 
 
-def _singular_reason(name: str, operands: list) -> str:
+def _negative(name: str, x: ArrayStats) -> str:
+  return (f"{name} of a negative number is NaN ({x.negatives} negative operand(s), "
+          f"min {x.min:.4g}).")
+
+
+def _singular_at_zero(eqn, operands: list) -> bool:
+  """Whether the equation's derivative is infinite where its (first) operand is 0."""
+  name = eqn.primitive.name
+  if name in ("sqrt", "rsqrt", "log", "cbrt"):
+    return True
+  if name == "pow" and len(operands) == 2:
+    return operands[1].min < 1  # d u^p/du = p·u^(p-1)
+  if name == "integer_pow":
+    return eqn.params.get("y", 1) < 1
+  return False
+
+
+def _singular_reason(eqn, operands: list) -> str:
+  name = eqn.primitive.name
   if not operands:
     return ""
   x = operands[0]
-  if name in ("log", "div") and name == "log" and x.zeros:
+  if name == "log" and x.zeros:
     return "log'(0) = 1/0 = inf"
   if name == "div" and len(operands) == 2 and operands[1].zeros:
     return "d(a/b)/db at b = 0 is inf"
@@ -731,7 +752,7 @@ def _singular_reason(name: str, operands: list) -> str:
     return f"{name}'(0) is infinite"
   if name in ("sqrt", "log", "rsqrt") and x.negatives:
     return f"{name} of a negative number is NaN"
-  if name in ("pow", "integer_pow") and x.zeros:
+  if name in ("pow", "integer_pow") and x.zeros and _singular_at_zero(eqn, operands):
     return "the derivative of a fractional or negative power at 0 is infinite"
   if name in ("acos", "asin", "atanh") and (abs(x.max) >= 1 or abs(x.min) >= 1):
     return f"{name}'(±1) is infinite"
