@@ -47,6 +47,15 @@ from handgrad._src.inspect import trace as trace_mod
 _LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))) + os.sep,)
 
+# Primitives that only move elements (each output element is one input element, and
+# every input element appears): their output is finite exactly when their inputs are,
+# so they can never be where a NaN is born, and their flags are read off their inputs'
+# on the host instead of being computed.  The same holds for their cotangents.
+# (broadcast_in_dim is forward-only: its backward is a sum, which can overflow.)
+_MOVES = frozenset({"reshape", "transpose", "squeeze", "expand_dims", "rev", "copy",
+                    "copy_p", "name"})
+_MOVES_FORWARD = _MOVES | {"broadcast_in_dim"}
+
 # Unary primitives whose derivative is infinite (or undefined) at some finite input.
 _SINGULAR = {"log", "log1p", "sqrt", "rsqrt", "cbrt", "div", "pow", "integer_pow",
              "atan2", "acos", "asin", "atanh", "acosh", "tan", "lgamma", "digamma",
@@ -263,7 +272,9 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target, with_grads=Fals
   for n, x in enumerate([*consts, *ins]):
     vals[n] = x
   _evaluate(graph, jaxpr, consts, ins, (), vals, traced.frame)
-  meta.value_ids = sorted(k for k in vals if isinstance(k, int))
+  implied = {n for p, leaf in graph.leaves.items()
+             if leaf.eqn.primitive.name in _MOVES_FORWARD for n in leaf.outs}
+  meta.value_ids = sorted(k for k in vals if isinstance(k, int) and k not in implied)
   fwd_flags = jnp.stack([_all_finite(vals[n]) for n in meta.value_ids])
   for p, leaf in graph.leaves.items():
     meta.in_avals[p] = [v.aval for v in leaf.eqn.invars]
@@ -283,7 +294,10 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target, with_grads=Fals
     if leaf is None or leaf.eqn is not eqn:
       return  # a nested region's own report, or an equation inside an opaque one
     meta.events.append(p)
-    bwd_in.append(jnp.stack([_all_finite(ct) for ct in cts_in]))
+    if eqn.primitive.name in _MOVES:
+      bwd_in.append(jnp.ones((0,), bool))  # read off its outputs' cotangents
+    else:
+      bwd_in.append(jnp.stack([_all_finite(ct) for ct in cts_in]))
     # A total cotangent that is one consumer's contribution is finite exactly when that
     # contribution is (read from its flag on the host); only a sum of several (where an
     # addition may overflow) needs a flag of its own.
@@ -402,14 +416,23 @@ def _first_backward_root(meta: _Meta, in_flags, ct_flags) -> int | None:
   outgoing ones were not, on a chain of non-finite cotangents reaching a gradient."""
   g = meta.graph
   contrib: dict = {}  # value id -> events that sent it a non-finite contribution
-  for e, p in enumerate(meta.events):
-    for k, n in enumerate(g.leaves[p].ins):
-      if n is not None and not in_flags[e][k]:
-        contrib.setdefault(n, []).append(e)
   explicit = dict(zip(meta.ct_flag_ids, ct_flags))
 
   def bad_total(n):
     return not explicit[n] if n in explicit else n in contrib
+
+  # In backward order every consumer of a value comes before its producer, so the
+  # flags of an element-moving equation can be read off its outputs' as we go.
+  for e, p in enumerate(meta.events):
+    leaf = g.leaves[p]
+    if leaf.eqn.primitive.name in _MOVES:
+      bad = any(bad_total(n) for n in leaf.outs)
+      flags_in = [not bad] * len(leaf.ins)
+    else:
+      flags_in = in_flags[e]
+    for k, n in enumerate(leaf.ins):
+      if n is not None and not flags_in[k]:
+        contrib.setdefault(n, []).append(e)
 
   sinks = [n for n in range(len(g.data)) if g.producer[n] is None and n in contrib]
   roots, seen = [], set()
@@ -462,6 +485,12 @@ def find_nonfinite(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
   if scale is not None:
     loss = loss / scale
   flags = dict(zip(meta.value_ids, np.asarray(out["fwd"]).tolist()))
+  for p in sorted(meta.graph.leaves):  # program order: inputs before outputs
+    leaf = meta.graph.leaves[p]
+    if leaf.eqn.primitive.name in _MOVES_FORWARD:
+      ok = (all(flags.get(m, True) for m in leaf.ins if m is not None)
+            and p not in meta.literal_bad)
+      flags.update((n, ok) for n in leaf.outs)
   grad_ok = np.asarray(out["grads"]).tolist()
   bad_grads = tuple(n for n, ok in zip(meta.grad_names, grad_ok) if not ok)
   loss_finite = math.isfinite(float(out["loss"]))
