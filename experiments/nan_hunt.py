@@ -10,7 +10,8 @@ data with one planted fault (its line carries a ``# FAULT`` comment):
 3. ``log_softmax``: log of a softmax whose probabilities underflow to 0;
 4. ``batch_norm_eps0``: a hand-written batch norm with eps = 0 over a feature that is
    constant in the batch (a dead ReLU unit);
-5. ``fp16_overflow``: a float16 MLP under loss scaling 2¹⁵ whose backward overflows;
+5. ``fp16_overflow``: a float16 MLP with a loss summed over the batch, under loss
+   scaling 2¹⁵: its backward overflows float16;
 6. ``label_range``: cross-entropy with a label equal to the class count;
 7. ``healthy``: a causal transformer classifier (its attention mask holds -inf) whose
    loss and gradients are finite.
@@ -132,7 +133,8 @@ def fp16_overflow(batch: int) -> Case:
   def loss(p, x, y):
     h = jax.nn.relu(hg.ops.dense(x, p["layers"][0]["W"], p["layers"][0]["b"]))
     logits = hg.ops.dense(h, p["layers"][1]["W"], p["layers"][1]["b"])  # FAULT: fp16_overflow
-    return hg.ops.softmax_cross_entropy(logits.astype(jnp.float32), y)
+    # Summed over the batch (not averaged): each example's cotangent is the full scale.
+    return hg.ops.softmax_cross_entropy(logits.astype(jnp.float32), y) * x.shape[0]
 
   return Case("fp16_overflow", loss, (params, x, y), "backward", "hg.dense",
               ("float16 overflow", "skips this step"), loss_scale=2.0 ** 15)
