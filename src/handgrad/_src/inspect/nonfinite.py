@@ -1,12 +1,14 @@
 """Where a NaN or inf was born: the first equation, forward or backward, that made one.
 
 ``jax_debug_nans`` re-runs the de-optimised program and stops at the first primitive
-that produced a NaN, forward or backward, masked or not; ``checkify`` names forward
-primitives only.  The hand engine runs every backward equation itself, next to the
-forward values, so :func:`find_nonfinite` can run the step once, jitted, with one
-finiteness flag per forward value and per backward cotangent (``all(isfinite(x))``, a
-reduction each, no host callback), and then follow the non-finite values back from
-the loss or the gradients to where they started:
+that produced a NaN; ``checkify`` with ``float_checks`` names a primitive too.  Both
+look at JAX's differentiated program: neither says which line of the user's code it
+was, whether the forward or the backward pass, or why (experiments/nan_hunt.py).  The
+hand engine runs every backward equation itself, next to the forward values, so
+:func:`find_nonfinite` runs the step once, jitted, with one finiteness flag per
+forward value and per backward cotangent (``isfinite(sum(x·0))``: one reduction each,
+which cannot overflow; no host callback), and then follows the non-finite values back
+from the loss or the gradients to where they started:
 
 * a *forward* culprit is an equation whose inputs are all finite and one of whose
   outputs is not, on a chain of non-finite values that reaches the loss.  A
@@ -116,6 +118,10 @@ def _all_finite(x) -> Any:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     return jnp.asarray(True)
+  # x·0 is 0 for a finite x and NaN for ±inf or NaN, so the sum is 0 exactly when every
+  # element is finite: unlike sum(x) it cannot overflow, and a float sum vectorises
+  # better on CPU than all() over booleans.  (XLA keeps x·0: it does not assume
+  # finite math.)
   return jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype)))
 
 
