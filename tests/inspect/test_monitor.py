@@ -173,3 +173,41 @@ def test_plot_gradient_flow_writes_a_png(tmp_path):
     assert f.read(4) == b"\x89PNG"
   with pytest.raises(ValueError, match="no parameter to plot"):
     hgi.plot_gradient_flow(stats, tmp_path / "x.png", layer_filter="nothing")
+
+
+def test_a_gradient_with_one_nan_never_reads_finite_1_00():
+  g = jnp.ones(100_000).at[3].set(jnp.nan)
+  issues = hgi.check_health(hgi.gradient_stats({"g": g}))
+  assert issues[0].startswith("[NONFINITE] g: finite=0.9999")
+  assert "finite=1.00" not in issues[0]
+  from handgrad._src.inspect.health import fraction_str
+  for f in (0.75, 0.5, 0.995, 1 - 1 / 4096, 0.999999, 1 - 1e-12):
+    shown = fraction_str(f)
+    assert float(shown) < 1.0 and float(shown) <= f, (f, shown)
+  assert fraction_str(0.75) == "0.75" and fraction_str(1.0) == "1.00"
+
+
+def test_one_set_of_thresholds_and_statuses():
+  from handgrad._src.inspect import exploding, health, plots
+  stats = _stats(ok=(1.0, 0.5), small=(1e-8, 1e-9), big=(500.0, 20.0), spiky=(5.0, 12.0))
+  status = hgi.classify(stats)
+  assert status == {"big": "exploding", "ok": "ok", "small": "vanishing", "spiky": "large"}
+  assert status["big"] is hgi.Status.EXPLODING
+  # Statuses and thresholds have distinct names; plots and the ranking read health's.
+  assert isinstance(health.EXPLODING_NORM, float) and health.Status.EXPLODING == "exploding"
+  assert set(plots.COLOURS) == set(health.Status)
+  assert exploding.status(1e3, 1.0) is health.Rank.EXPLODING
+  assert health.norm_status(float("nan")) is health.Status.NONFINITE
+  assert health.norm_status(1e-9) is health.Status.VANISHING
+
+
+def test_health_imports_nothing_above_it():
+  # health is the bottom of the inspection package: monitor -> plots -> health.
+  import ast
+  import pathlib
+  from handgrad._src.inspect import health, plots
+  for mod, banned in ((health, ("monitor", "plots", "exploding")), (plots, ("monitor",))):
+    tree = ast.parse(pathlib.Path(mod.__file__).read_text())
+    names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [n for n in names if n and any(n.endswith("." + b) for b in banned)], names

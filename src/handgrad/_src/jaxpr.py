@@ -486,3 +486,25 @@ def has_primitive(name: str) -> bool:
   newer primitives are registered only where their primitive exists."""
   from jax.extend.core import primitives
   return getattr(primitives, f"{name}_p", None) is not None
+
+
+# -------------------------------------------------------------------------------------
+# User source lines for inspection reports: the innermost frame outside JAX and
+# outside the given library directories (handgrad's own layers and ops).
+
+def user_frames(eqn: Any, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
+  """``(file, line, function)`` of the frames of ``eqn``'s traceback, innermost first,
+  that are neither JAX's nor under one of the ``exclude`` directories."""
+  from jax._src import source_info_util
+  try:
+    frames = list(source_info_util.user_frames(eqn.source_info.traceback))
+  except Exception:  # source info is best-effort
+    return []
+  return [(f.file_name, f.start_line, f.function_name) for f in frames
+          if not any(f.file_name.startswith(d) for d in exclude)]
+
+
+def user_source_line(eqn: Any, exclude: tuple[str, ...] = ()) -> str:
+  """``file:line (function)`` of the innermost frame of :func:`user_frames`, or ``""``."""
+  frames = user_frames(eqn, exclude)
+  return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""

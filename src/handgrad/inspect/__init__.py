@@ -10,6 +10,10 @@ as part of the (jitted) step:
   from output to input (:class:`BackwardTrace`);
 * :func:`find_zero_gradients`, :func:`dead_relu_report`: missing versus zero
   gradients, and dead ReLU units;
+* :func:`find_nonfinite` (:class:`NonFiniteReport`): the first equation, forward or
+  backward, that made a NaN or inf, with its source line and a diagnosis;
+* :func:`intermediate_grads`, :func:`per_example_grad_norms`: the cotangent of every
+  named intermediate and layer output;
 * :func:`rank_gradients`, :func:`explain_exploding`: the largest gradients and what
   to do about them;
 * :func:`safe_optimizer` (an optax ``GradientTransformation``), :func:`clip_grad_norm`,
@@ -25,11 +29,17 @@ from handgrad._src.inspect.exploding import GradRank
 from handgrad._src.inspect.exploding import explain_exploding
 from handgrad._src.inspect.exploding import gradient_norms
 from handgrad._src.inspect.exploding import rank_gradients
-from handgrad._src.inspect.monitor import GradStats
+from handgrad._src.inspect.health import GradStats
+from handgrad._src.inspect.health import Status
+from handgrad._src.inspect.health import check_health
+from handgrad._src.inspect.health import classify
+from handgrad._src.inspect.intermediates import intermediate_grads
+from handgrad._src.inspect.intermediates import per_example_grad_norms
 from handgrad._src.inspect.monitor import GradientMonitor
-from handgrad._src.inspect.monitor import check_health
-from handgrad._src.inspect.monitor import classify
 from handgrad._src.inspect.monitor import gradient_stats
+from handgrad._src.inspect.nonfinite import ArrayStats
+from handgrad._src.inspect.nonfinite import NonFiniteReport
+from handgrad._src.inspect.nonfinite import find_nonfinite
 from handgrad._src.inspect.plots import bar_colours
 from handgrad._src.inspect.plots import plot_gradient_flow
 from handgrad._src.inspect.safe_optimizer import SafeOptimizerState
@@ -48,11 +58,12 @@ from handgrad._src.second_order import saved_residuals
 from handgrad._src.second_order import top_hessian_eigenvalues
 
 __all__ = [
-    "BackwardTrace", "ComputationGraph", "DeadReLU", "GradRank", "GradStats",
-    "GradientMonitor", "Residual", "SafeOptimizerState", "Spectrum", "ZeroGradReport",
-    "bar_colours", "check_health", "classify", "clip_grad_norm", "clip_grad_value",
-    "dead_relu_report", "explain_exploding", "find_zero_gradients",
-    "format_zero_gradients", "gradient_norms", "gradient_stats", "make_graph",
+    "ArrayStats", "BackwardTrace", "ComputationGraph", "DeadReLU", "GradRank", "GradStats",
+    "GradientMonitor", "NonFiniteReport", "Residual", "SafeOptimizerState", "Spectrum",
+    "Status", "ZeroGradReport", "bar_colours", "check_health", "classify",
+    "clip_grad_norm", "clip_grad_value", "dead_relu_report", "explain_exploding",
+    "find_nonfinite", "find_zero_gradients", "format_zero_gradients", "gradient_norms",
+    "gradient_stats", "intermediate_grads", "make_graph", "per_example_grad_norms",
     "plot_gradient_flow", "print_saved_residuals", "rank_gradients", "safe_optimizer",
     "saved_residuals", "top_hessian_eigenvalues", "total_norm", "trace_backward",
 ]

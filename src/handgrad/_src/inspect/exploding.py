@@ -10,11 +10,8 @@ import numpy as np
 
 from handgrad._src.inspect._tree import (Array, PyTree, in_path_order, l2_norm,
                                          named_leaves)
-from handgrad._src.inspect.monitor import GradStats
-
-OK = "OK"
-HIGH = "HIGH"
-EXPLODING = "EXPLODING"
+from handgrad._src.inspect.health import GradStats, Rank
+from handgrad._src.inspect.health import rank_status as status
 
 # The seed's recommendations ("권장 사항") when the largest gradient explodes.
 RECOMMENDATIONS = (
@@ -37,17 +34,6 @@ class GradRank(NamedTuple):
 def gradient_norms(grads: PyTree) -> dict[str, Array]:
   """``{path: L2 norm}`` of every floating-point leaf (float32 or wider); jit-safe."""
   return {path: l2_norm([g]) for path, g in named_leaves(grads)}
-
-
-def status(norm: float, max_norm: float) -> str:
-  """The seed's rule: EXPLODING above 10·max_norm, HIGH above max_norm, else OK.
-
-  A non-finite norm (NaN or inf) is EXPLODING; the seed's comparisons would call a
-  NaN norm OK.
-  """
-  if not math.isfinite(norm) or norm > max_norm * 10:
-    return EXPLODING
-  return HIGH if norm > max_norm else OK
 
 
 def rank_gradients(grads: PyTree, max_norm: float = 1.0,
@@ -86,7 +72,7 @@ def explain_exploding(ranking: list[GradRank]) -> str:
   lines = ["=== gradient norm ranking ==="]
   for i, r in enumerate(ranking, 1):
     lines.append(f"{i}. {r.path}: {r.norm:.4f} [{r.status}]")
-  if ranking and ranking[0].status == EXPLODING:
+  if ranking and ranking[0].status == Rank.EXPLODING:
     lines += ["", "=== recommendations ==="]
     lines += [f"{i}. {rec}" for i, rec in enumerate(RECOMMENDATIONS, 1)]
   return "\n".join(lines)

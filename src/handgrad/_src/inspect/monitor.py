@@ -20,36 +20,16 @@ rules::
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handgrad._src.inspect._tree import (Array, PyTree, in_path_order, named_leaves,
-                                         upcast)
-
-# The seed's thresholds (``check_health``).
-VANISHING = 1e-7
-EXPLODING = 100.0
-LARGE = 10.0
-
-
-class GradStats(NamedTuple):
-  """Statistics of one gradient array; every field is a scalar (float32 or wider).
-
-  ``std`` is the unbiased sample standard deviation (``ddof=1``), like
-  ``torch.Tensor.std()``: it is NaN for a gradient with a single element, as in
-  PyTorch and ``np.std(g, ddof=1)``.  Every statistic is taken over all elements, so a
-  NaN or inf gradient element shows in ``mean``/``std``/``max_abs``/``norm`` as it
-  does in PyTorch; ``finite_fraction`` says how many elements were finite.
-  """
-  mean: Array
-  std: Array
-  max_abs: Array
-  norm: Array
-  finite_fraction: Array
+from handgrad._src.inspect import plots
+from handgrad._src.inspect._tree import Array, PyTree, named_leaves, upcast
+from handgrad._src.inspect.health import (EXPLODING_NORM, LARGE_MAX_ABS, VANISHING_NORM,
+                                          GradStats, check_health, to_host)
 
 
 def leaf_stats(g: Array) -> GradStats:
@@ -86,67 +66,6 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
   return {path: leaf_stats(g) for path, g in named_leaves(grads)}
 
 
-def to_host(stats: dict[str, GradStats]) -> dict[str, GradStats]:
-  """``stats`` with every field a Python float (one device-to-host transfer), in
-  parameter order (``jax.jit`` hands dicts back with their keys sorted as strings)."""
-  stats = jax.device_get(stats)
-  return in_path_order({k: GradStats(*(float(np.asarray(f)) for f in v))
-                        for k, v in stats.items()})
-
-
-# --- health ----------------------------------------------------------------------------
-
-def check_health(stats: dict[str, GradStats], *, vanishing: float = VANISHING,
-                 exploding: float = EXPLODING, large: float = LARGE) -> list[str]:
-  """The seed's health rules, one message per problem, or ``["All gradients healthy"]``.
-
-  Per parameter, in this order:
-
-  * ``[NONFINITE] name: finite=0.75`` when some elements are NaN or inf (the seed's
-    rules compare NaN norms and so call them healthy; this rule is an addition);
-  * ``[VANISHING] name: norm=1.00e-08`` when ``norm < vanishing``;
-  * ``[EXPLODING] name: norm=1.00e+03`` when ``norm > exploding``;
-  * ``[LARGE] name: max=2.00e+01`` when ``max |g| > large``.
-
-  Args:
-    stats: the result of :func:`gradient_stats` (device arrays or host numbers).
-    vanishing, exploding, large: thresholds (the seed's 1e-7, 100 and 10).
-  """
-  issues = []
-  for name, s in to_host(stats).items():
-    if s.finite_fraction < 1.0:
-      issues.append(f"[NONFINITE] {name}: finite={s.finite_fraction:.2f}")
-    if s.norm < vanishing:
-      issues.append(f"[VANISHING] {name}: norm={s.norm:.2e}")
-    if s.norm > exploding:
-      issues.append(f"[EXPLODING] {name}: norm={s.norm:.2e}")
-    if s.max_abs > large:
-      issues.append(f"[LARGE] {name}: max={s.max_abs:.2e}")
-  return issues if issues else ["All gradients healthy"]
-
-
-def classify(stats: dict[str, GradStats], *, vanishing: float = VANISHING,
-             exploding: float = EXPLODING, large: float = LARGE) -> dict[str, str]:
-  """The worst health status of each parameter.
-
-  One of ``"nonfinite"``, ``"exploding"``, ``"vanishing"``, ``"large"`` or ``"ok"``
-  (in that order of precedence), by the rules of :func:`check_health`.
-  """
-  out = {}
-  for name, s in to_host(stats).items():
-    if s.finite_fraction < 1.0 or not math.isfinite(s.norm):
-      out[name] = "nonfinite"
-    elif s.norm > exploding:
-      out[name] = "exploding"
-    elif s.norm < vanishing:
-      out[name] = "vanishing"
-    elif s.max_abs > large:
-      out[name] = "large"
-    else:
-      out[name] = "ok"
-  return out
-
-
 # --- history -------------------------------------------------------------------------
 
 class GradientMonitor:
@@ -161,8 +80,9 @@ class GradientMonitor:
       keeps everything.
   """
 
-  def __init__(self, *, vanishing: float = VANISHING, exploding: float = EXPLODING,
-               large: float = LARGE, max_history: int | None = None):
+  def __init__(self, *, vanishing: float = VANISHING_NORM,
+               exploding: float = EXPLODING_NORM, large: float = LARGE_MAX_ABS,
+               max_history: int | None = None):
     self.thresholds = dict(vanishing=vanishing, exploding=exploding, large=large)
     self.max_history = max_history
     self.history: list[dict[str, GradStats]] = []
@@ -206,6 +126,5 @@ class GradientMonitor:
   def plot_gradient_flow(self, path: str, *, layer_filter: str | None = None,
                          title: str = "Gradient flow") -> str:
     """:func:`handgrad.inspect.plot_gradient_flow` of the latest entry; returns ``path``."""
-    from handgrad._src.inspect.plots import plot_gradient_flow
-    return plot_gradient_flow(self.latest, path, layer_filter=layer_filter, title=title,
+    return plots.plot_gradient_flow(self.latest, path, layer_filter=layer_filter, title=title,
                               **self.thresholds)

@@ -5,21 +5,21 @@ from __future__ import annotations
 import math
 import os
 
-from handgrad._src.inspect.monitor import (EXPLODING, LARGE, VANISHING, GradStats,
-                                           classify, to_host)
+from handgrad._src.inspect.health import (EXPLODING_NORM, LARGE_MAX_ABS, VANISHING_NORM,
+                                          GradStats, Status, classify, to_host)
 
-# Colour of each health status (see ``monitor.classify``).
+# Colour of each health status (see ``health.classify``).
 COLOURS = {
-    "ok": "tab:blue",
-    "large": "tab:orange",
-    "vanishing": "tab:purple",
-    "exploding": "tab:red",
-    "nonfinite": "black",
+    Status.OK: "tab:blue",
+    Status.LARGE: "tab:orange",
+    Status.VANISHING: "tab:purple",
+    Status.EXPLODING: "tab:red",
+    Status.NONFINITE: "black",
 }
 
 
-def bar_colours(stats: dict[str, GradStats], *, vanishing: float = VANISHING,
-                exploding: float = EXPLODING, large: float = LARGE,
+def bar_colours(stats: dict[str, GradStats], *, vanishing: float = VANISHING_NORM,
+                exploding: float = EXPLODING_NORM, large: float = LARGE_MAX_ABS,
                 layer_filter: str | None = None) -> list[tuple[str, str]]:
   """``[(name, colour)]`` of the bars :func:`plot_gradient_flow` draws, in order.
 
@@ -32,8 +32,8 @@ def bar_colours(stats: dict[str, GradStats], *, vanishing: float = VANISHING,
 
 
 def plot_gradient_flow(stats: dict[str, GradStats], path: str | os.PathLike, *,
-                       layer_filter: str | None = None, vanishing: float = VANISHING,
-                       exploding: float = EXPLODING, large: float = LARGE,
+                       layer_filter: str | None = None, vanishing: float = VANISHING_NORM,
+                       exploding: float = EXPLODING_NORM, large: float = LARGE_MAX_ABS,
                        title: str = "Gradient flow") -> str:
   """Writes a bar chart of the gradient L2 norm of every parameter to ``path`` (PNG).
 
@@ -76,16 +76,16 @@ def plot_gradient_flow(stats: dict[str, GradStats], path: str | os.PathLike, *,
   ax.bar(xs, [t - lo for t in tops], bottom=lo, color=[c for _, c in bars])
   ax.set_yscale("log")
   ax.set_ylim(lo, hi)
-  lines = [ax.axhline(vanishing, color=COLOURS["vanishing"], linestyle="--", linewidth=1,
+  lines = [ax.axhline(vanishing, color=COLOURS[Status.VANISHING], linestyle="--", linewidth=1,
                      label=f"vanishing < {vanishing:g}"),
-           ax.axhline(exploding, color=COLOURS["exploding"], linestyle="--", linewidth=1,
+           ax.axhline(exploding, color=COLOURS[Status.EXPLODING], linestyle="--", linewidth=1,
                      label=f"exploding > {exploding:g}")]
   ax.set_xticks(list(xs), names, rotation=45, ha="right")
   ax.set_xlabel("Parameter")
   ax.set_ylabel("Gradient L2 norm")
   ax.set_title(title)
   used = sorted({c for _, c in bars}, key=list(COLOURS.values()).index)
-  labels = {c: s for s, c in COLOURS.items()}
+  labels = {c: s.value for s, c in COLOURS.items()}
   ax.legend(handles=[Patch(color=c, label=labels[c]) for c in used] + lines, loc="best")
   fig.tight_layout()
   path = os.fspath(path)
