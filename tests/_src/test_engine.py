@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 import handgrad as hg
 from handgrad._src import engine, nested, registry
@@ -239,3 +240,52 @@ def test_forward_backward_on_a_jaxpr_directly():
   dx, dy = engine.backward(frame, [jnp.float32(1.0)])
   np.testing.assert_allclose(dx, np.cos(1.0) * 2.0, rtol=1e-6)
   assert dy is None
+
+
+# --- custom_vjp with symbolic zeros ----------------------------------------------------------
+
+def _symbolic_zeros_f():
+  @jax.custom_vjp
+  def f(x, y):
+    return jnp.sin(x) * y, x * 2.0
+
+  def fwd(x, y):
+    return f(x.value, y.value), (x.value, y.value, x.perturbed, y.perturbed)
+
+  def bwd(r, g):
+    x, y, px, py = r
+    g0, g1 = [jnp.zeros_like(x) if isinstance(ct, SymbolicZero) else ct for ct in g]
+    return (g0 * jnp.cos(x) * y + 2.0 * g1 if px else None, g0 * jnp.sin(x) if py else None)
+
+  f.defvjp(fwd, bwd, symbolic_zeros=True)
+  return f
+
+
+@pytest.mark.parametrize("loss", [
+    lambda f, x, y: jnp.sum(f(x, y)[0]),  # second output unused
+    lambda f, x, y: jnp.sum(f(x, lax.stop_gradient(y))[0] + f(x, y)[1] ** 2),
+])
+def test_custom_vjp_symbolic_zeros_matches_jax(loss):
+  f = _symbolic_zeros_f()
+  x, y = jnp.array([0.3, 1.0]), jnp.array([2.0, 3.0])
+  fun = lambda x, y: loss(f, x, y)
+  chex.assert_trees_all_close(hg.grad(fun, (0, 1))(x, y), jax.grad(fun, (0, 1))(x, y),
+                              rtol=1e-6)
+
+
+def test_custom_vjp_symbolic_zeros_backward_sees_what_jax_gives():
+  seen = []
+
+  @jax.custom_vjp
+  def f(x):
+    return jnp.sin(x), x * 2.0
+
+  def bwd(r, g):
+    seen.append(tuple(isinstance(ct, SymbolicZero) for ct in g))
+    return (jnp.cos(r) * g[0] if not isinstance(g[0], SymbolicZero) else jnp.zeros_like(r),)
+
+  f.defvjp(lambda x: (f(x.value), x.value), bwd, symbolic_zeros=True)
+  loss = lambda x: jnp.sum(f(x)[0])
+  x = jnp.array([0.3, 1.0])
+  chex.assert_trees_all_close(hg.grad(loss)(x), jax.grad(loss)(x))
+  assert seen[0] == seen[1] == (False, True)

@@ -365,6 +365,15 @@ def is_symbolic_zero(x) -> bool:
   return x is None or type(x).__name__ in ("Zero", "SymbolicZero")
 
 
+def symbolic_zero(aval):
+  """The symbolic zero JAX hands a ``custom_vjp(symbolic_zeros=True)`` backward for an
+  output that received no blame: ``SymbolicZero`` of the cotangent type (jax 0.10 to
+  0.12 name it ``to_ct_aval``; earlier ``to_tangent_aval``)."""
+  from jax.custom_derivatives import SymbolicZero
+  to_ct = getattr(aval, "to_ct_aval", None) or aval.to_tangent_aval
+  return SymbolicZero(to_ct())
+
+
 def bwd_cotangents(bwd_out):
   """The flat input cotangents returned by a ``custom_vjp`` equation's ``bwd``.
 

@@ -24,7 +24,9 @@ No blame: a cotangent of ``None`` is a symbolic zero (the value received no blam
 everywhere in the engine, in what a rule receives and in what it returns.  A handler
 turns ``None`` into zeros only where the code it calls needs arrays: the user's
 ``custom_vjp`` ``bwd`` and ``custom_jvp`` rule (JAX's contract), and the fixed
-structure a ``lax.switch`` branch or a ``lax.scan`` body must return.
+structure a ``lax.switch`` branch or a ``lax.scan`` body must return.  A
+``custom_vjp(symbolic_zeros=True)`` backward gets JAX's ``SymbolicZero`` instead, as
+JAX gives it.
 """
 
 from __future__ import annotations
@@ -190,7 +192,11 @@ def _custom_vjp_forward(eqn, invals, in_active, remat):
 
 def _custom_vjp_backward(eqn, record, args, cts, in_active):
   nc = eqn.params["num_consts"]
-  cts = instantiate(cts, [v.aval for v in eqn.outvars])
+  if eqn.params.get("symbolic_zeros", False):
+    # The user asked for symbolic zeros: JAX passes them for outputs without blame.
+    cts = [hj.symbolic_zero(v.aval) if ct is None else ct for ct, v in zip(cts, eqn.outvars)]
+  else:
+    cts = instantiate(cts, [v.aval for v in eqn.outvars])
   cts_in = hj.bwd_cotangents(eqn.params["bwd"].call_wrapped(*record.residuals, *cts))
   cts_in = [None if hj.is_symbolic_zero(ct) else ct for ct in cts_in]
   return _engine().check_cotangents(f"custom_vjp:{eqn.params.get('name', '?')}", eqn,
