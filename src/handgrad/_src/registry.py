@@ -4,8 +4,8 @@ A *rule* is a Python function written in ``jax.numpy``/``lax``::
 
     rule(g, ans, *args, **params) -> tuple of cotangents, one per arg
 
-* ``g``    cotangent of the output (a tuple of them for multi-output primitives),
-           same shape and dtype as ``ans``.
+* ``g``    cotangent of the output (a list of them, ``None`` where no blame arrived,
+           for multi-output primitives), same shape and dtype as ``ans``.
 * ``ans``  the primal output(s) of the equation.
 * ``args`` the primal inputs of the equation, in order.
 * ``params`` the equation's parameters (``axes=``, ``dimension_numbers=``, ...), or,
@@ -18,18 +18,17 @@ or ``None``.  Keys are primitive names (``"dot_general"``, ``"exp"``, ...) and
 layer-level operation names (``"dense"``, ``"softmax_cross_entropy"``, ...).  See
 ``handgrad/_src/rules/`` for the rules, each written next to its math.
 
-"No blame" (a symbolic zero) is ``None`` throughout, with one difference in what a
-rule *receives*:
-
-* A primitive rule is called only when at least one of its outputs has blame and at
-  least one of its inputs is being differentiated; an output without blame arrives
-  as zeros of its shape and dtype (the engine instantiates them), so ``g`` is always
-  an array or a tuple of arrays.
-* A layer-level operation's rule receives ``None`` for an output without blame (a
-  multi-output layer op such as ``attention_weights``, whose weights are returned for
-  the backward pass only), so it can skip that term instead of multiplying zeros.
-* A user's ``custom_vjp`` backward receives zeros for outputs without blame, as
-  ``jax.vjp`` gives it; a symbolic zero it returns counts as ``None``.
+"No blame" (a symbolic zero) is ``None`` for every kind of rule.  A rule runs only
+when some output of its equation received blame and some input is being
+differentiated.  ``g`` is one array when the equation has one output (a primitive
+without multiple results, or a layer-level op returning one array).  Otherwise ``g``
+is a list with ``None`` for each output that received no blame, for primitive and
+layer-op rules alike (``rules/_common.zeros_where_missing`` instantiates them where a
+rule's math needs arrays), so a rule can skip that term instead of multiplying zeros,
+as JAX skips a symbolic zero.  Zeros are made only where JAX's contract needs arrays:
+a user's ``custom_vjp`` backward (JAX's ``SymbolicZero`` when it asked for
+``symbolic_zeros``), ``custom_jvp`` tangents, and loop and branch bodies (see
+:mod:`handgrad._src.nested`).
 
 Every kind of rule *returns* ``None`` for an input that gets no blame (an index, a
 comparison's operand, a constant); the engine also discards what a rule returns for an
