@@ -45,6 +45,7 @@ import numpy as np
 from handgrad._src.train.state import TrainState
 
 INTEGRITY_KEY = "_integrity"
+logger = logging.getLogger("handgrad")
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
@@ -272,12 +273,13 @@ class Checkpointer:
                             f"the one written at save time")
 
   def restore_intact(self, template: TrainState, *,
-                     warn: Callable[[str], None] = print
+                     warn: Callable[[str], None] | None = None
                      ) -> tuple[TrainState, dict[str, Any], int] | None:
     """The newest checkpoint that passes :meth:`restore`'s checks, as ``(state, meta,
     step)``; ``None`` when there is no checkpoint at all.
 
-    Each damaged newer checkpoint is reported to ``warn`` in one line and moved to
+    Each damaged newer checkpoint is reported to ``warn`` (default: the "handgrad"
+    logger) in one line and moved to
     ``<directory>.damaged/<step>`` (kept for inspection, out of the way of the steps
     that will be saved again).
 
@@ -285,6 +287,7 @@ class Checkpointer:
       ValueError: a checkpoint is from another model or optimizer.
       CheckpointError: checkpoints exist but none is intact (one line listing why).
     """
+    warn = warn or logger.warning
     steps = self.all_steps()
     if not steps:
       return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -50,14 +51,17 @@ class RunLock:
 
   Args:
     directory: the run's output directory (it must exist).
-    log: receives the one-line notice when a stale lock is taken over.
+    log: receives the one-line notice when a stale lock is taken over (default: the
+      "handgrad" logger).
 
   Raises:
     RunLockedError: another live process holds the lock; the message names its pid and
       host and the lock file.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, log: Callable[[str], None] = print):
+  def __init__(self, directory: str | os.PathLike, *,
+               log: Callable[[str], None] | None = None):
+    log = log or logging.getLogger("handgrad").warning
     self.path = pathlib.Path(directory) / LOCK_FILE
     self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
