@@ -117,3 +117,49 @@ def test_killed_and_resumed_equals_the_uninterrupted_run(straight, tmp_path, mod
   fh.assert_states_equal(resumed.state, reference.state)
   assert fh.records_without_time(tmp_path / "metrics.jsonl") == reference_records
   assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_sigterm_to_handgrad_train_then_resume_equals_the_uninterrupted_run(tmp_path):
+  """``handgrad train`` in its own process gets SIGTERM once its first epoch record is
+  written: one line, exit status 143; ``--resume`` then ends where an uninterrupted run
+  ends, parameters and records."""
+  import time
+
+  from handgrad.cli import main
+  src = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src")
+  args = ["train", "--subset", "160", "--batch-size", "32", "--epochs", "3",
+          "--no-progress", "--checkpoint-every", "2"]
+  assert main([*args, "--out", str(tmp_path / "a")]) == 0
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [os.path.abspath(src), *filter(None, [os.environ.get("PYTHONPATH")])])}
+  proc = subprocess.Popen([sys.executable, "-m", "handgrad.cli", *args, "--out",
+                           str(tmp_path / "b")], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "b" / "metrics.jsonl"
+  deadline = time.monotonic() + 300
+  while proc.poll() is None and time.monotonic() < deadline:
+    if metrics.exists() and metrics.read_text().strip():
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.005)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  lines = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
+  assert len(lines) == 1 and "Traceback" not in err
+  assert main([*args, "--out", str(tmp_path / "b"), "--resume"]) == 0
+  with train.Checkpointer(tmp_path / "a" / "checkpoints") as a, \
+       train.Checkpointer(tmp_path / "b" / "checkpoints") as b:
+    template = _cli_template()
+    fh.assert_states_equal(a.restore(template)[0], b.restore(template)[0])
+  assert (fh.records_without_time(tmp_path / "a" / "metrics.jsonl")
+          == fh.records_without_time(metrics))
+
+
+def _cli_template():
+  import jax
+
+  from handgrad import nn
+  from handgrad._src.cli.train import MLP_DIMS
+  tx = train.make_optimizer("adam", 1e-3)
+  return train.TrainState.create(nn.mlp.init(list(MLP_DIMS), key=jax.random.key(0)), tx,
+                                 key=0)

@@ -110,8 +110,8 @@ class FitResult:
       before a resume included): ``epoch``, ``step``, ``train_loss``,
       ``train_accuracy`` (means over the epoch's steps), ``grad_norm``, ``test_loss``,
       ``test_accuracy`` (when an eval set is given), ``time`` (seconds since the
-      session started).  After a resume in the middle of an epoch, that epoch's train
-      means cover the steps run after the resume.
+      session started).  The train means cover all the epoch's steps, also when the
+      epoch was resumed in its middle (checkpoints carry the epoch's per-step metrics).
     step_losses: float32 ``[steps run in this session]``, the loss of every step.
     start_step: the step the session started at (0, or the resumed checkpoint's).
     skipped: ``(step, epoch, batch)`` of every non-finite step skipped in this session
