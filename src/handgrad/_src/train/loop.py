@@ -69,6 +69,9 @@ RUN_FILES = (METRICS_FILE, CURVES_FILE, CONFIG_FILE, "grad_stats.jsonl",
              "gradient_flow.png")
 RUN_DIRS = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".damaged")
 DEFAULT_MAX_NONFINITE = 3
+# Steps whose metrics are fetched to the host together (and checked for skipped steps);
+# every save, stop and epoch end fetches all of them first.
+FETCH_EVERY = 8
 
 logger = logging.getLogger("handgrad")
 
@@ -382,8 +385,9 @@ def _resume(ckpt: Checkpointer, template: TrainState, out: pathlib.Path, config,
 # --- per-step bookkeeping: metrics to the host, non-finite steps ---------------------
 
 class _StepLog:
-  """Fetches each step's scalar metrics one step late (the device keeps working) and
-  keeps the epoch's per-step values, the skipped steps and the non-finite streak."""
+  """Fetches the steps' scalar metrics a few steps late, several at a time (the device
+  keeps working), and keeps the epoch's per-step values, the skipped steps and the
+  non-finite streak."""
 
   def __init__(self, max_nonfinite: int, notify, values: dict[str, list[float]],
                last_scale: float | None):
@@ -399,16 +403,23 @@ class _StepLog:
   def add(self, step: int, epoch: int, batch: int, metrics: Metrics) -> None:
     scalars = {n: v for n, v in metrics.items() if not isinstance(v, Mapping)}
     self.pending.append((step, epoch, batch, scalars))
-    if len(self.pending) > 1:
-      self._process(self.pending.pop(0))
+    if len(self.pending) > FETCH_EVERY:
+      # All but the newest step (still running): one transfer for many steps.
+      self._fetch(self.pending[:-1])
+      self.pending = self.pending[-1:]
 
   def flush(self) -> None:
-    while self.pending:
-      self._process(self.pending.pop(0))
+    self._fetch(self.pending)
+    self.pending = []
 
-  def _process(self, item) -> None:
-    step, epoch, batch, metrics = item
-    host = jax.device_get(metrics)
+  def _fetch(self, items) -> None:
+    if not items:
+      return
+    hosts = jax.device_get([metrics for *_, metrics in items])
+    for (step, epoch, batch, _), host in zip(items, hosts):
+      self._process(step, epoch, batch, host)
+
+  def _process(self, step: int, epoch: int, batch: int, host: dict) -> None:
     for name, v in host.items():
       self.values.setdefault(name, []).append(float(v))
     loss = float(host.get("loss", 0.0))

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from handgrad._src.train.trees import all_finite, select_tree
+from handgrad._src.train.trees import all_finite, global_norm, select_tree
 
 
 def _cast_floats(tree: Any, dtype) -> Any:
@@ -172,17 +172,19 @@ class DynamicLossScale:
 def guarded_update(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any,
                    params: Any, *, loss: jax.Array | None = None
                    ) -> tuple[Any, Any, jax.Array]:
-  """Applies ``optimizer`` only when ``grads`` and what the update makes of them are finite.
+  """Applies ``optimizer`` only when ``grads`` and the update made of them are finite.
 
-  Returns ``(params, opt_state, finite)``: ``finite`` is true when the gradients, the new
-  parameters and the new optimizer state are all finite; otherwise params and optimizer
-  state are returned bit-unchanged (a finite gradient can still give an inf Adam moment
-  or an overflowing parameter); with ``loss`` given, a non-finite loss skips the step too.
-  The optimizer (clipping included) sees the grads as given, so pass unscaled gradients.
+  Returns ``(params, opt_state, finite)``: ``finite`` is true when the global norm of
+  the gradients is finite (no NaN or inf, and no overflow of the sum of squares, which
+  would also overflow an Adam second moment), the update is finite, and, with ``loss``
+  given, the loss is finite; otherwise params and optimizer state are returned
+  bit-unchanged.  The optimizer (clipping included) sees the grads as given, so pass
+  unscaled gradients.
   """
-  grads_ok = all_finite(grads) if loss is None else all_finite(grads) & all_finite(loss)
-  safe_grads = jax.tree.map(lambda g: jnp.where(grads_ok, g, jnp.zeros_like(g)), grads)
-  updates, new_state = optimizer.update(safe_grads, opt_state, params)
+  finite = jnp.isfinite(global_norm(grads))
+  if loss is not None:
+    finite = finite & all_finite(loss)
+  updates, new_state = optimizer.update(grads, opt_state, params)
+  finite = finite & all_finite(updates)
   new_params = optax.apply_updates(params, updates)
-  finite = grads_ok & all_finite(new_params) & all_finite(new_state)
   return select_tree(finite, new_params, params), select_tree(finite, new_state, opt_state), finite
