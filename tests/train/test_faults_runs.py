@@ -284,3 +284,16 @@ def test_ctrl_c_during_a_save_is_held_until_the_save_is_done(tmp_path):
   assert not list(tmp_path.glob("*tmp*"))
   with train.Checkpointer(tmp_path) as ck:
     ck.restore(fh.fresh_state())
+
+
+def test_the_default_directory_gives_way_to_a_numbered_one(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  args = ["train", "--subset", "64", "--batch-size", "32", "--epochs", "1", "--no-progress"]
+  assert main(args) == 0
+  first = _snapshot(tmp_path / "runs" / "mnist_mlp")
+  capsys.readouterr()
+  assert main(args) == 0
+  err = capsys.readouterr().err
+  assert "runs/mnist_mlp holds a previous run; writing this one to runs/mnist_mlp-2" in err
+  assert _snapshot(tmp_path / "runs" / "mnist_mlp") == first
+  assert train.read_metrics(tmp_path / "runs" / "mnist_mlp-2" / "metrics.jsonl")

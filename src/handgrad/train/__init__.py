@@ -39,6 +39,7 @@ from handgrad._src.train.loop import NonFiniteError
 from handgrad._src.train.loop import RunExistsError
 from handgrad._src.train.loop import fit
 from handgrad._src.train.loop import plot_curves
+from handgrad._src.train.loop import previous_run
 from handgrad._src.train.loop import read_metrics
 from handgrad._src.train.mixed_precision import DynamicLossScale
 from handgrad._src.train.mixed_precision import LossScaleState
@@ -76,5 +77,6 @@ __all__ = [
     "classification_eval", "classification_loss", "clipping", "combine",
     "create_train_state", "evaluate", "fit", "freeze", "frozen_mask", "frozen_paths",
     "make_eval_step", "make_optimizer", "make_train_step", "partition", "plot_curves",
+    "previous_run",
     "quiet_orbax", "read_metrics", "value_and_grad",
 ]

@@ -35,7 +35,9 @@ checkpoints/ (orbax).  --resume continues from the newest intact checkpoint and 
 with the parameters an uninterrupted run would have.
 
 A directory that already holds a run is never replaced silently: without --resume (continue
-it) or --overwrite (delete it and start afresh) the command refuses and changes nothing.
+it) or --overwrite (delete it and start afresh) an explicit --out DIR is refused and left
+as it is, and the default directory gives way to the next free numbered one
+(runs/mnist_mlp-2, ...).
 One run at a time per directory (a lock file names the running process).  A step with a
 non-finite loss or gradient is skipped and reported; --max-nonfinite such steps in a row
 stop the run.  SIGTERM or Ctrl-C stop after the current step with a checkpoint."""
@@ -125,7 +127,9 @@ def add_parser(sub) -> None:
                       "the backward pass (jax.checkpoint; --model transformer)")
   g = p.add_argument_group("output")
   g.add_argument("--out", metavar="DIR", default=None,
-                 help="output directory (default: runs/mnist_<model>)")
+                 help="output directory (default: runs/mnist_<model>; when that holds a "
+                      "run and neither --resume nor --overwrite is given, the first free "
+                      "runs/mnist_<model>-2, -3, ...)")
   g.add_argument("--resume", action="store_true",
                  help="continue the run in DIR from its newest intact checkpoint")
   g.add_argument("--overwrite", action="store_true",
@@ -190,6 +194,23 @@ def _validate(args, n_train: int) -> None:
                        f"({n_train} digits)")
 
 
+def _default_out(args) -> pathlib.Path:
+  """``runs/mnist_<model>``, or, when it holds a run that this one neither resumes nor
+  overwrites, the first ``runs/mnist_<model>-N`` (N = 2, 3, ...) that holds none."""
+  from handgrad._src.train.loop import previous_run
+
+  base = pathlib.Path(f"runs/mnist_{args.model}")
+  if args.resume or args.overwrite or not base.is_dir() or not previous_run(base):
+    return base
+  n = 2
+  while (candidate := base.with_name(f"{base.name}-{n}")).exists() and (
+      not candidate.is_dir() or previous_run(candidate)):
+    n += 1
+  print(f"handgrad train: {base} holds a previous run; writing this one to {candidate} "
+        f"(--resume continues {base}, --overwrite replaces it)", file=sys.stderr)
+  return candidate
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
   widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
   line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))  # noqa: E731
@@ -237,7 +258,7 @@ def _summary(result, args, model: _Model, data_desc: str, epochs: int, out: path
 def run(args: argparse.Namespace, out_stream=None) -> int:
   t0 = time.perf_counter()
   out_stream = out_stream or sys.stdout
-  out = pathlib.Path(args.out if args.out is not None else f"runs/mnist_{args.model}")
+  out = pathlib.Path(args.out) if args.out is not None else _default_out(args)
   if out.exists() and not out.is_dir():
     raise CommandError(f"--out {out}: exists and is not a directory")
   if args.data_dir is not None and not os.path.isdir(args.data_dir):

@@ -280,8 +280,10 @@ def check_finite_inputs(ds, what: str = "training set") -> None:
 
 # --- the run directory: refuse, lock, replace, resume ------------------------------
 
-def _previous_run(out: pathlib.Path) -> list[str]:
-  """What of a previous run lies in ``out`` (empty: nothing)."""
+def previous_run(out: str | os.PathLike) -> list[str]:
+  """What of a previous run lies in directory ``out``, one phrase per kind of file
+  (checkpoints, ``metrics.jsonl``, ``config.json``); empty when there is none."""
+  out = pathlib.Path(out)
   found = []
   ckpts = out / CHECKPOINT_DIR
   if ckpts.is_dir():
@@ -313,7 +315,7 @@ def _open_run_dir(out_dir, *, resume: bool, overwrite: bool, notify) -> tuple[
                      f"file)") from None
   lock = RunLock(out, log=notify)
   try:
-    previous = _previous_run(out)
+    previous = previous_run(out)
     if previous and not resume and not overwrite:
       raise RunExistsError(f"{out}: holds a previous run ({'; '.join(previous)}); pass "
                            f"resume=True (--resume) to continue it or overwrite=True "
@@ -325,7 +327,7 @@ def _open_run_dir(out_dir, *, resume: bool, overwrite: bool, notify) -> tuple[
 
 
 def _replace_previous_run(out: pathlib.Path, notify) -> None:
-  previous = _previous_run(out)
+  previous = previous_run(out)
   for name in RUN_DIRS:
     if (out / name).exists():
       shutil.rmtree(out / name)
