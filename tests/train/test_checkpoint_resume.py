@@ -193,7 +193,7 @@ def test_resume_without_checkpoint_starts_fresh_and_a_fresh_run_replaces(tmp_pat
                      data_key=jax.random.key(5), out_dir=tmp_path, resume=True,
                      progress=False, log=notes.append)
   assert result.start_step == 0 and "starting from step 0" in notes[0]
-  again = run_fit(tmp_path, 1)  # no --resume: the old run is replaced
+  again = run_fit(tmp_path, 1, overwrite=True)  # the old run is replaced on request
   assert again.start_step == 0
   assert [r["epoch"] for r in train.read_metrics(tmp_path / "metrics.jsonl")] == [1]
 

@@ -109,7 +109,7 @@ def test_step_counts_splits_key_and_donates(big_batch):
   assert int(state.step) == 1
   assert not np.array_equal(state.key, old_key)
   assert old.params["layers"][0]["W"].is_deleted()  # donated
-  assert set(metrics) == {"loss", "accuracy", "grad_norm"}
+  assert set(metrics) == {"loss", "accuracy", "skipped", "grad_norm"}
   assert all(m.dtype == jnp.float32 and m.shape == () for m in metrics.values())
   # donate=False keeps the input alive
   keep = train.make_train_step(LOSS, tx, donate=False)
@@ -145,7 +145,7 @@ def test_loss_without_aux(big_batch):
   tx = optax.sgd(0.1)
   state = train.TrainState.create(init_params(), tx, key=0)
   _, metrics = train.make_train_step(loss, tx, has_aux=False)(state, big_batch)
-  assert set(metrics) == {"loss", "grad_norm"}
+  assert set(metrics) == {"loss", "skipped", "grad_norm"}
   with pytest.raises(TypeError, match="has_aux=False"):
     state = train.TrainState.create(init_params(), tx, key=0)
     train.make_train_step(loss, tx)(state, big_batch)

@@ -20,11 +20,11 @@ as part of the (jitted) step:
   :func:`clip_grad_value`: recovering from explosions and NaNs.
 """
 
-from handgrad._src.inspect.clipping import clip_grad_norm
-from handgrad._src.inspect.clipping import clip_grad_value
+from handgrad._src.train.clipping import clip_grad_norm
+from handgrad._src.train.clipping import clip_grad_value
 from handgrad._src.graph import ComputationGraph
 from handgrad._src.graph import make_graph
-from handgrad._src.inspect.clipping import total_norm
+from handgrad._src.train.clipping import total_norm
 from handgrad._src.inspect.exploding import GradRank
 from handgrad._src.inspect.exploding import explain_exploding
 from handgrad._src.inspect.exploding import gradient_norms
@@ -42,8 +42,8 @@ from handgrad._src.inspect.nonfinite import NonFiniteReport
 from handgrad._src.inspect.nonfinite import find_nonfinite
 from handgrad._src.inspect.plots import bar_colours
 from handgrad._src.inspect.plots import plot_gradient_flow
-from handgrad._src.inspect.safe_optimizer import SafeOptimizerState
-from handgrad._src.inspect.safe_optimizer import safe_optimizer
+from handgrad._src.train.safe_optimizer import SafeOptimizerState
+from handgrad._src.train.safe_optimizer import safe_optimizer
 from handgrad._src.inspect.trace import BackwardTrace
 from handgrad._src.inspect.trace import trace_backward
 from handgrad._src.inspect.zero_grads import DeadReLU

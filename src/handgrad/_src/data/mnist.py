@@ -37,6 +37,7 @@ import io
 import os
 import pathlib
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -234,8 +235,11 @@ def _read_idx(path: pathlib.Path, magic: int, kind: str) -> np.ndarray:
         data = f.read()
     else:
       data = path.read_bytes()
-  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-    raise DataError(f"{path}: cannot read the {kind} file: {e}") from None
+  except (OSError, EOFError, zlib.error) as e:
+    # gzip.BadGzipFile is an OSError; a damaged deflate stream raises zlib.error, a cut
+    # one EOFError.
+    what = "a corrupt or truncated .gz file" if path.suffix == ".gz" else "unreadable"
+    raise DataError(f"{path}: cannot read the {kind} file ({what}: {e})") from None
   header = 4 * (1 + ndim)
   if len(data) < 4:
     raise DataError(f"{path}: truncated: {len(data)} bytes, too short for an IDX header")

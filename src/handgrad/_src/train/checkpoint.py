@@ -1,41 +1,135 @@
-"""Checkpoints of a :class:`TrainState` with orbax.
+"""Checkpoints of a :class:`TrainState` with orbax, validated when they are read back.
 
 A checkpoint is one directory per step under the checkpoint directory, written by
 ``orbax.checkpoint.CheckpointManager``: orbax writes into a temporary directory and
 renames it when complete, so a run killed mid-save leaves either the previous
-checkpoints or a finished new one, never a half-written one that restore would pick.
-Each checkpoint holds two items:
+checkpoints or a finished new one, never a half-written one under a step's name.  Each
+checkpoint holds two items:
 
 * ``state``: the :class:`TrainState` arrays (``ocp.args.StandardSave``);
 * ``meta``: a JSON dict (``ocp.args.JsonSave``), the loop's bookkeeping (epoch, the
-  run's configuration) so that a resumed run can check it continues the same run.
+  run's configuration) plus an integrity record written at save time: the path, shape
+  and dtype of every leaf and a SHA-256 of their bytes.
 
 Restoring needs a *template*, a state with the right structure, shapes and dtypes
-(the freshly initialised state of the run being resumed); the restored arrays have
-exactly the saved bits.
+(the freshly initialised state of the run being resumed).  :meth:`Checkpointer.restore`
+checks, in this order: the metadata reads; the saved leaves are the template's (else the
+checkpoint is from another model or optimizer: ``ValueError``); the arrays read; tree
+structure, shapes and dtypes equal the template's; every float leaf is finite; the
+checksum matches.  Any failure after the first match is *damage*
+(:class:`CheckpointError`, one line saying what was wrong), and
+:meth:`Checkpointer.restore_intact` falls back to the newest intact checkpoint.
+
+While a save runs, SIGINT and SIGTERM are held back and delivered when it has finished
+(Ctrl-C during a save neither breaks orbax's writer threads nor leaves its temporary
+directory behind); a failed save removes its temporary directory and raises one line
+(``OSError`` with ``ENOSPC`` for a full disk).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import logging
 import os
 import pathlib
-from typing import Any
+import shutil
+import signal
+import threading
+from typing import Any, Callable, Iterator
 
 import jax
+import numpy as np
 
 from handgrad._src.train.state import TrainState
 
+INTEGRITY_KEY = "_integrity"
+logger = logging.getLogger("handgrad")
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read back as saved (damaged, truncated, tampered)."""
+
 
 def quiet_orbax() -> None:
-  """Silences orbax's and absl's INFO/WARNING logging (one line per save otherwise)."""
+  """Silences orbax's and absl's logging: one line per save otherwise, and a failed
+  save's tracebacks (the error is raised as one line instead)."""
   try:
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.FATAL)
   except ImportError:  # pragma: no cover
     pass
   for name in ("absl", "orbax", "orbax.checkpoint", "jax._src.distributed"):
-    logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+# --- integrity record ----------------------------------------------------------------
+
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(jax.tree_util.keystr(kp, simple=True, separator="/"), leaf) for kp, leaf in flat]
+
+
+def _signature(tree: Any) -> list[list]:
+  """``[[path, shape, dtype], ...]`` of every leaf (a template's leaves may be abstract)."""
+  return [[path, list(np.shape(leaf)), str(np.dtype(leaf.dtype))] for path, leaf in
+          _leaves(tree)]
+
+
+def _checksum(host_tree: Any) -> str:
+  digest = hashlib.sha256()
+  for path, leaf in _leaves(host_tree):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{path}|{a.dtype.str}|{a.shape}|".encode())
+    digest.update(a.tobytes())
+  return digest.hexdigest()
+
+
+def _first_difference(saved: list, now: list) -> str:
+  for s, n in zip(saved, now):
+    if s != n:
+      return (f"{s[0]}: saved {tuple(s[1])} {s[2]}, this run's "
+              f"{n[0]}: {tuple(n[1])} {n[2]}")
+  longer, what = (saved, "saved") if len(saved) > len(now) else (now, "this run's")
+  extra = longer[min(len(saved), len(now))]
+  return f"{len(saved)} saved leaves, {len(now)} in this run's state ({what} {extra[0]})"
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+  """Holds SIGINT and SIGTERM back inside the block, then re-raises them (main thread
+  only; elsewhere a no-op)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  pending: list[int] = []
+  previous = {}
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+    for sig in dict.fromkeys(pending):
+      signal.raise_signal(sig)
 
 
 class Checkpointer:
@@ -54,11 +148,22 @@ class Checkpointer:
     import orbax.checkpoint as ocp
 
     self._ocp = ocp
+    self.max_to_keep = max_to_keep
     self.directory = pathlib.Path(directory).absolute()
     self.directory.mkdir(parents=True, exist_ok=True)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+    self._remove_tmp_dirs()
+    self._manager = self._new_manager()
+
+  def _new_manager(self):
+    ocp = self._ocp
+    options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(self.directory, options=options)
+
+  def _remove_tmp_dirs(self) -> None:
+    """Temporary directories of saves that never finished (a killed run)."""
+    for path in self.directory.glob(f"*{TMP_MARKER}*"):
+      shutil.rmtree(path, ignore_errors=True)
 
   def all_steps(self) -> list[int]:
     """Steps of the complete checkpoints, ascending."""
@@ -73,19 +178,36 @@ class Checkpointer:
 
     Saving the same step twice (e.g. an end-of-epoch save right after a periodic one)
     is a no-op.  Returns the step.
+
+    Raises:
+      OSError: the disk is full (``errno.ENOSPC``) or another OS error, in one line.
+      CheckpointError: orbax failed otherwise.
     """
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return step
     ocp = self._ocp
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))))
-    self._manager.wait_until_finished()
+    host = jax.device_get(state)
+    meta = {**dict(meta or {}), INTEGRITY_KEY: {"leaves": _signature(host),
+                                                 "sha256": _checksum(host)}}
+    with signals_deferred():
+      try:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+      except Exception as e:  # noqa: BLE001 - orbax raises bare Exceptions
+        self._remove_tmp_dirs()
+        where = f"{self.directory}: cannot write the checkpoint of step {step}"
+        if _is_disk_full(e):
+          raise OSError(errno.ENOSPC, f"{where}: no space left on device") from None
+        if isinstance(e, OSError):
+          raise OSError(e.errno, f"{where}: {e.strerror or _one_line(e)}") from None
+        raise CheckpointError(f"{where}: {_one_line(e)}") from None
     return step
 
   def restore(self, template: TrainState, *,
               step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
-    """The checkpoint at ``step`` (default: the newest) as ``(state, meta)``.
+    """The checkpoint at ``step`` (default: the newest) as ``(state, meta)``, validated.
 
     Args:
       template: a state with the structure, shapes and dtypes of the saved one.
@@ -95,6 +217,7 @@ class Checkpointer:
       FileNotFoundError: there is no such checkpoint.
       ValueError: the checkpoint does not match ``template`` (another model or
         optimizer).
+      CheckpointError: the checkpoint is damaged (one line saying how).
     """
     ocp = self._ocp
     if step is None:
@@ -102,18 +225,100 @@ class Checkpointer:
     if step is None or step not in self._manager.all_steps():
       raise FileNotFoundError(f"{self.directory}: no checkpoint"
                               + ("" if step is None else f" for step {step}"))
+    where = self.directory / str(step)
+    try:
+      meta = dict(self._manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta or {})
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"{where}: unreadable metadata ({_one_line(e)})") from None
+    integrity = meta.pop(INTEGRITY_KEY, None)
+    wanted = _signature(template)
+    if integrity is not None and integrity.get("leaves") != wanted:
+      raise ValueError(f"{where}: the checkpoint does not match this run's model and "
+                       f"optimizer ({_first_difference(integrity.get('leaves') or [], wanted)})")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{self.directory / str(step)}: the checkpoint does not match this "
-                       f"run's model and optimizer ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
+      if integrity is not None:
+        raise CheckpointError(f"{where}: unreadable state ({_one_line(e)})") from None
+      raise ValueError(f"{where}: the checkpoint does not match this run's model and "
+                       f"optimizer ({_one_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise bare Exceptions
+      raise CheckpointError(f"{where}: unreadable state ({_one_line(e)})") from None
     state = out.state
     if not isinstance(state, TrainState):
       state = TrainState(*state)
-    return state, dict(out.meta or {})
+    self._validate(where, template, state, integrity)
+    return state, meta
+
+  @staticmethod
+  def _validate(where, template, state, integrity) -> None:
+    if jax.tree.structure(state) != jax.tree.structure(template):
+      raise CheckpointError(f"{where}: the restored tree's structure differs from the "
+                            f"saved one")
+    for (path, got), (_, want) in zip(_leaves(state), _leaves(template)):
+      if np.shape(got) != np.shape(want) or np.dtype(got.dtype) != np.dtype(want.dtype):
+        raise CheckpointError(f"{where}: {path} restored as {np.shape(got)} {got.dtype}, "
+                              f"saved as {np.shape(want)} {np.dtype(want.dtype)}")
+    host = jax.device_get(state)
+    for path, leaf in _leaves(host):
+      a = np.asarray(leaf)
+      if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+        raise CheckpointError(f"{where}: {path} holds non-finite values "
+                              f"({int(np.sum(~np.isfinite(a)))} of {a.size})")
+    if integrity is not None and integrity.get("sha256") != _checksum(host):
+      raise CheckpointError(f"{where}: the checksum of the restored arrays differs from "
+                            f"the one written at save time")
+
+  def restore_intact(self, template: TrainState, *,
+                     warn: Callable[[str], None] | None = None
+                     ) -> tuple[TrainState, dict[str, Any], int] | None:
+    """The newest checkpoint that passes :meth:`restore`'s checks, as ``(state, meta,
+    step)``; ``None`` when there is no checkpoint at all.
+
+    Each damaged newer checkpoint is reported to ``warn`` (default: the "handgrad"
+    logger) in one line and moved to
+    ``<directory>.damaged/<step>`` (kept for inspection, out of the way of the steps
+    that will be saved again).
+
+    Raises:
+      ValueError: a checkpoint is from another model or optimizer.
+      CheckpointError: checkpoints exist but none is intact (one line listing why).
+    """
+    warn = warn or logger.warning
+    steps = self.all_steps()
+    if not steps:
+      return None
+    problems = []
+    for step in reversed(steps):
+      try:
+        state, meta = self.restore(template, step=step)
+      except CheckpointError as e:
+        problems.append(str(e))
+        continue
+      if problems:
+        warn(f"{problems[-1]}; falling back to the newest intact checkpoint, step {step}"
+             if len(problems) == 1 else
+             f"{len(problems)} damaged checkpoints ({'; '.join(problems)}); falling back "
+             f"to the newest intact one, step {step}")
+        self._set_aside([s for s in steps if s > step])
+      return state, meta, step
+    raise CheckpointError(f"{self.directory}: no intact checkpoint to resume from: "
+                          + "; ".join(problems))
+
+  def _set_aside(self, steps: list[int]) -> None:
+    aside = self.directory.with_name(self.directory.name + ".damaged")
+    aside.mkdir(exist_ok=True)
+    for step in steps:
+      target = aside / str(step)
+      n = 1
+      while target.exists():
+        target, n = aside / f"{step}.{n}", n + 1
+      os.replace(self.directory / str(step), target)
+    self._manager.close()
+    self._manager = self._new_manager()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

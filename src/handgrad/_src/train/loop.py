@@ -1,12 +1,29 @@
 """The training loop: epochs of shuffled batches, evaluation, logs, checkpoints, resume.
 
+A run never loses or corrupts its data:
+
+* the inputs are checked for non-finite values and the labels against the dataset's
+  class count *and* the model's output width, on the host, before a step sees them;
+* a step whose loss or gradient is not finite is skipped by the train step (params and
+  optimizer state bit-unchanged), reported here with its step, epoch and batch, and
+  after ``max_nonfinite`` of them in a row the run stops (:class:`NonFiniteError`),
+  keeping its last good checkpoint (no checkpoint is written during such a streak);
+* a rerun into a directory that holds a run refuses (:class:`RunExistsError`) unless
+  ``resume`` or ``overwrite`` says what to do; ``config.json`` is written only once the
+  run is accepted; one lock file keeps a second run out (:class:`RunLockedError`);
+* checkpoints carry the current epoch's per-step metrics, and the epoch's record is
+  written before its checkpoint, so a run killed at any point and resumed writes the
+  very records (wall-clock ``time`` aside) and parameters of an uninterrupted run;
+* SIGTERM and the first Ctrl-C stop the run after the current step, with a checkpoint
+  (:class:`Interrupted`); a damaged checkpoint is skipped for the newest intact one.
+
 :func:`fit` runs a jitted ``train_step`` (from ``make_train_step``) over a dataset:
 
 * epoch e visits the training set in the order ``permutation(fold_in(data_key, e))``
   in full batches (``remainder="drop"``: one shape, one compilation), so the data order
   is a function of ``(data_key, epoch)`` alone and a resumed run sees the same batches;
 * every batch's labels are checked on the host before the step (``check_labels``);
-* after each epoch: the evaluation set is scored, one JSON line is appended to
+* after each epoch: the evaluation set is scored, its record is added to
   ``out_dir/metrics.jsonl``, a checkpoint is written to ``out_dir/checkpoints`` and
   ``out_dir/curves.png`` is redrawn (at most every ``plot_interval`` seconds, and at
   the end);
@@ -22,11 +39,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
 import shutil
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -36,12 +56,49 @@ import numpy as np
 from handgrad._src.data.batching import batches, num_batches
 from handgrad._src.train.checkpoint import Checkpointer
 from handgrad._src.train.labels import check_labels
+from handgrad._src.train.lock import RunLock
 from handgrad._src.train.state import TrainState
 from handgrad._src.train.step import Metrics, TrainStep, evaluate
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+# What a run leaves in its directory (replaced by overwrite=True / --overwrite).
+RUN_FILES = (METRICS_FILE, CURVES_FILE, CONFIG_FILE, "grad_stats.jsonl",
+             "gradient_flow.png")
+RUN_DIRS = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".damaged")
+DEFAULT_MAX_NONFINITE = 3
+# Steps whose metrics are fetched to the host together (and checked for skipped steps);
+# every save, stop and epoch end fetches all of them first.
+FETCH_EVERY = 8
+
+logger = logging.getLogger("handgrad")
+
+
+class NonFiniteError(RuntimeError):
+  """Training stopped after too many non-finite steps in a row (or an unguarded one)."""
+
+
+class RunExistsError(FileExistsError):
+  """The output directory holds a previous run and neither resume nor overwrite was
+  asked for."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """SIGTERM or SIGINT stopped the run after a step; a checkpoint was written.
+
+  Attributes:
+    signum: the signal.
+    step: the step the run stopped at.
+    checkpoint: the checkpoint's directory, or ``None`` without an output directory.
+  """
+
+  def __init__(self, signum: int, step: int, checkpoint: pathlib.Path | None):
+    self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    name = signal.Signals(signum).name
+    where = f"; checkpoint {checkpoint} (resume to continue)" if checkpoint else ""
+    super().__init__(f"stopped by {name} after step {step}{where}")
 
 Record = dict[str, Any]
 
@@ -56,10 +113,12 @@ class FitResult:
       before a resume included): ``epoch``, ``step``, ``train_loss``,
       ``train_accuracy`` (means over the epoch's steps), ``grad_norm``, ``test_loss``,
       ``test_accuracy`` (when an eval set is given), ``time`` (seconds since the
-      session started).  After a resume in the middle of an epoch, that epoch's train
-      means cover the steps run after the resume.
+      session started).  The train means cover all the epoch's steps, also when the
+      epoch was resumed in its middle (checkpoints carry the epoch's per-step metrics).
     step_losses: float32 ``[steps run in this session]``, the loss of every step.
     start_step: the step the session started at (0, or the resumed checkpoint's).
+    skipped: ``(step, epoch, batch)`` of every non-finite step skipped in this session
+      (1-based epoch and batch).
     wall_time: seconds spent in :func:`fit`, compilation included.
     out_dir: the output directory, or ``None``.
   """
@@ -69,6 +128,7 @@ class FitResult:
   start_step: int
   wall_time: float
   out_dir: pathlib.Path | None = None
+  skipped: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
 
   @property
   def final(self) -> Record:
@@ -91,10 +151,19 @@ def read_metrics(path: str | os.PathLike) -> list[Record]:
   return records
 
 
-def _write_metrics(path: pathlib.Path, records: Sequence[Record]) -> None:
-  tmp = path.with_suffix(".jsonl.tmp")
-  tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes ``text`` to ``path`` through a temporary file and a rename: a reader (or a
+  resumed run) sees the old file or the new one, never a torn line."""
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def _write_metrics(path: pathlib.Path, records: Sequence[Record]) -> None:
+  _write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def plot_curves(history: Sequence[Record], path: str | os.PathLike, *,
@@ -167,14 +236,105 @@ class _Progress:
       self.bar.close()
 
 
-def _epoch_means(metrics: Sequence[Metrics]) -> dict[str, float]:
-  if not metrics:
-    return {}
-  # The step's order (device_get would sort the keys); scalars only (the monitor's
-  # per-parameter statistics are a nested dict, logged separately).
-  names = [n for n, v in metrics[0].items() if not isinstance(v, Mapping)]
-  host = jax.device_get([{n: m[n] for n in names} for m in metrics])
-  return {name: float(np.mean([m[name] for m in host])) for name in names}
+# --- argument and input checks -------------------------------------------------------
+
+def _check_arguments(train_ds, *, epochs, batch_size, checkpoint_every, resume, out_dir,
+                     max_nonfinite) -> int:
+  """Every argument check that needs no file; returns the steps per epoch."""
+  if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+    raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+  steps_per_epoch = num_batches(len(train_ds), batch_size, "drop")
+  if steps_per_epoch == 0:
+    raise ValueError(f"the batch size {batch_size} is larger than the training set "
+                     f"({len(train_ds)} samples): no full batch")
+  if checkpoint_every is not None and checkpoint_every < 1:
+    raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+  if (isinstance(max_nonfinite, bool) or not isinstance(max_nonfinite, (int, np.integer))
+      or max_nonfinite < 1):
+    raise ValueError(f"max_nonfinite must be an int >= 1, got {max_nonfinite!r}")
+  if resume and out_dir is None:
+    raise ValueError("resume needs an output directory holding the checkpoints")
+  return steps_per_epoch
+
+
+def check_finite_inputs(ds, what: str = "training set") -> None:
+  """Raises ``ValueError`` naming the first sample of ``ds.x`` with a NaN or inf.
+
+  One ``isfinite`` pass over the features on the host (a few milliseconds for MNIST),
+  so that a single bad pixel is an error before training instead of a NaN loss.
+  """
+  x = np.asarray(ds.x)
+  if not np.issubdtype(x.dtype, np.inexact) or x.size == 0:
+    return
+  bad_rows = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+  if not bad_rows.any():
+    return
+  rows = np.flatnonzero(bad_rows)
+  first = int(rows[0])
+  flat = x[first].reshape(-1)
+  j = int(np.flatnonzero(~np.isfinite(flat))[0])
+  more = f" ({len(rows)} samples in all)" if len(rows) > 1 else ""
+  raise ValueError(f"{what}: sample {first} holds a non-finite input value ({flat[j]} at "
+                   f"feature {j}){more}")
+
+
+# --- the run directory: refuse, lock, replace, resume ------------------------------
+
+def previous_run(out: str | os.PathLike) -> list[str]:
+  """What of a previous run lies in directory ``out``, one phrase per kind of file
+  (checkpoints, ``metrics.jsonl``, ``config.json``); empty when there is none."""
+  out = pathlib.Path(out)
+  found = []
+  ckpts = out / CHECKPOINT_DIR
+  if ckpts.is_dir():
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    if steps:
+      found.append(f"checkpoints of steps {', '.join(map(str, steps))}")
+  metrics = out / METRICS_FILE
+  if metrics.is_file() and metrics.stat().st_size:
+    found.append(METRICS_FILE)
+  if (out / CONFIG_FILE).is_file():
+    found.append(CONFIG_FILE)
+  return found
+
+
+def _open_run_dir(out_dir, *, resume: bool, overwrite: bool, notify) -> tuple[
+    pathlib.Path, RunLock]:
+  """Creates and locks ``out_dir``; refuses a previous run unless resumed or overwritten.
+
+  Nothing of a previous run is touched here: ``overwrite`` removes it only once the
+  whole run has been accepted (:func:`_replace_previous_run`).
+  """
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"{out}: the output path exists and is not a directory")
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    raise ValueError(f"{out}: cannot create the output directory (a parent is a "
+                     f"file)") from None
+  lock = RunLock(out, log=notify)
+  try:
+    previous = previous_run(out)
+    if previous and not resume and not overwrite:
+      raise RunExistsError(f"{out}: holds a previous run ({'; '.join(previous)}); pass "
+                           f"resume=True (--resume) to continue it or overwrite=True "
+                           f"(--overwrite) to replace it")
+  except BaseException:
+    lock.release()
+    raise
+  return out, lock
+
+
+def _replace_previous_run(out: pathlib.Path, notify) -> None:
+  previous = previous_run(out)
+  for name in RUN_DIRS:
+    if (out / name).exists():
+      shutil.rmtree(out / name)
+  for name in RUN_FILES:
+    (out / name).unlink(missing_ok=True)
+  if previous:
+    notify(f"overwrite: removed the previous run in {out} ({'; '.join(previous)})")
 
 
 def _check_resumable(meta: Mapping[str, Any], config: Mapping[str, Any],
@@ -191,17 +351,294 @@ def _check_resumable(meta: Mapping[str, Any], config: Mapping[str, Any],
                      + ", ".join(diff))
 
 
+@dataclasses.dataclass
+class _Position:
+  """Where a session starts: the state, the records kept, and the epoch in progress."""
+  state: TrainState
+  history: list[Record]
+  epoch: int  # 0-based epoch to (continue to) run
+  skip: int  # batches of that epoch already done
+  epoch_values: dict[str, list[float]]  # that epoch's per-step metrics so far
+
+
+def _resume(ckpt: Checkpointer, template: TrainState, out: pathlib.Path, config,
+            steps_per_epoch: int, notify) -> _Position:
+  """The newest intact checkpoint as a position; the metrics file's records up to it."""
+  found = ckpt.restore_intact(template, warn=lambda msg: notify(msg, logging.WARNING))
+  if found is None:
+    notify(f"no checkpoint in {ckpt.directory}; starting from step 0")
+    return _Position(template, [], 0, 0, {})
+  state, meta, step = found
+  _check_resumable(meta, config, steps_per_epoch, ckpt.directory)
+  history = [r for r in read_metrics(out / METRICS_FILE) if r.get("step", math.inf) <= step]
+  epoch, skip = divmod(step, steps_per_epoch)
+  values = {k: list(v) for k, v in dict(meta.get("epoch_metrics") or {}).items()}
+  if skip == 0 and epoch > 0 and not any(r.get("step") == step for r in history):
+    # Saved at the last step of an epoch whose evaluation and record never happened:
+    # finish that epoch (no steps left, its metrics come from the checkpoint).
+    epoch, skip = epoch - 1, steps_per_epoch
+  elif skip == 0:
+    values = {}
+  notify(f"resuming from {ckpt.directory / str(step)}: step {step}, epoch "
+         f"{step // steps_per_epoch + 1}, batch {step % steps_per_epoch + 1}")
+  return _Position(state, history, epoch, skip, values)
+
+
+# --- per-step bookkeeping: metrics to the host, non-finite steps ---------------------
+
+class _StepLog:
+  """Fetches the steps' scalar metrics a few steps late, several at a time (the device
+  keeps working), and keeps the epoch's per-step values, the skipped steps and the
+  non-finite streak."""
+
+  def __init__(self, max_nonfinite: int, notify, values: dict[str, list[float]],
+               last_scale: float | None):
+    self.max_nonfinite = max_nonfinite
+    self.notify = notify
+    self.values = values
+    self.pending: list[tuple[int, int, int, Metrics]] = []
+    self.streak: list[tuple[int, int, int]] = []
+    self.skipped: list[tuple[int, int, int]] = []
+    self.last_scale = last_scale
+    self.checkpoint_hint = "no checkpoint was written"
+
+  def add(self, step: int, epoch: int, batch: int, metrics: Metrics) -> None:
+    scalars = {n: v for n, v in metrics.items() if not isinstance(v, Mapping)}
+    self.pending.append((step, epoch, batch, scalars))
+    if len(self.pending) > FETCH_EVERY:
+      # All but the newest step (still running): one transfer for many steps.
+      self._fetch(self.pending[:-1])
+      self.pending = self.pending[-1:]
+
+  def flush(self) -> None:
+    self._fetch(self.pending)
+    self.pending = []
+
+  def _fetch(self, items) -> None:
+    if not items:
+      return
+    hosts = jax.device_get([metrics for *_, metrics in items])
+    for (step, epoch, batch, _), host in zip(items, hosts):
+      self._process(step, epoch, batch, host)
+
+  def _process(self, step: int, epoch: int, batch: int, host: dict) -> None:
+    for name, v in host.items():
+      self.values.setdefault(name, []).append(float(v))
+    loss = float(host.get("loss", 0.0))
+    if "skipped" not in host:
+      if not math.isfinite(loss):
+        raise NonFiniteError(f"step {step} (epoch {epoch}, batch {batch}): the loss is "
+                             f"{loss} and the train step does not skip non-finite steps "
+                             f"(no 'skipped' metric): stopped; {self.checkpoint_hint}")
+      return
+    scale = host.get("loss_scale")
+    backed_off = (scale is not None and self.last_scale is not None
+                  and float(scale) < self.last_scale)
+    if scale is not None:
+      self.last_scale = float(scale)
+    if not host["skipped"] or backed_off:
+      # A finite step; or an overflow the loss scale handles by backing off.
+      self.streak = []
+      return
+    where = (step, epoch, batch)
+    self.streak.append(where)
+    self.skipped.append(where)
+    self.notify(f"step {step} (epoch {epoch}, batch {batch}): non-finite loss or gradient "
+                f"(loss {loss}, gradient norm {float(host.get('grad_norm', math.nan))}); "
+                f"step skipped, parameters and optimizer state unchanged", logging.WARNING)
+    if len(self.streak) >= self.max_nonfinite:
+      (s0, e0, b0), (s1, e1, b1) = self.streak[0], self.streak[-1]
+      raise NonFiniteError(f"{len(self.streak)} non-finite steps in a row, steps {s0}-{s1} "
+                           f"(epoch {e0}, batch {b0} to epoch {e1}, batch {b1}): training "
+                           f"stopped; {self.checkpoint_hint}")
+
+  def epoch_means(self) -> dict[str, float]:
+    # float32 means over the epoch's steps, as numpy computes them from the step values.
+    return {name: float(np.mean(np.asarray(v, np.float32))) for name, v in
+            self.values.items()}
+
+
+# --- signals -------------------------------------------------------------------------
+
+class _StopRequests:
+  """SIGTERM and a first SIGINT ask the loop to stop after the current step; a second
+  SIGINT interrupts at once (KeyboardInterrupt).  Installed only in the main thread."""
+
+  def __init__(self, enabled: bool):
+    self.signum: int | None = None
+    self.previous = {}
+    if enabled and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self.previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def close(self) -> None:
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
+    self.previous = {}
+
+
+# --- the loop ------------------------------------------------------------------------
+
+class _Run:
+  """One session of :func:`fit`: the epoch loop, evaluation, records, checkpoints."""
+
+  def __init__(self, fit_args: dict, position: _Position, out, ckpt, notify, t0):
+    self.a = fit_args
+    self.state = position.state
+    self.history = position.history
+    self.position = position
+    self.out, self.ckpt, self.notify, self.t0 = out, ckpt, notify, t0
+    self.steps_per_epoch = fit_args["steps_per_epoch"]
+    self.start_step = int(jax.device_get(self.state.step))
+    scale = self.state.loss_scale
+    self.log = _StepLog(fit_args["max_nonfinite"], notify, position.epoch_values,
+                        None if scale is None else float(jax.device_get(scale.scale)))
+    self.losses: list[Any] = []
+    self.label_bound: tuple[int, str] | None = None
+    self.last_eval: dict[str, str] = {}
+    self.last_plot = t0  # short runs draw once, at the end
+    self.last_saved: int | None = None
+    self.stop = _StopRequests(fit_args["handle_signals"])
+
+  # checkpoints
+  def meta(self, epoch_done: int) -> dict[str, Any]:
+    return {"epoch": epoch_done, "step": int(self.state.step),
+            "steps_per_epoch": self.steps_per_epoch, "batch_size": int(self.a["batch_size"]),
+            "config": self.a["config"], "epoch_metrics": self.log.values}
+
+  def save(self, epoch_done: int) -> None:
+    if self.ckpt is None:
+      return
+    self.log.flush()
+    if self.log.streak:
+      return  # never checkpoint inside a run of non-finite steps
+    self.last_saved = self.ckpt.save(self.state, self.meta(epoch_done))
+    self.log.checkpoint_hint = (f"the last good checkpoint is "
+                                f"{self.ckpt.directory / str(self.last_saved)}")
+
+  def check_stop(self, epoch_done: int) -> None:
+    if self.stop.signum is None:
+      return
+    self.save(epoch_done)
+    where = self.ckpt.directory / str(self.last_saved) if self.last_saved is not None else None
+    raise Interrupted(self.stop.signum, int(self.state.step), where)
+
+  # labels
+  def check_batch_labels(self, batch, epoch: int, i: int) -> None:
+    if self.label_bound is None:
+      bound, why = self.a["num_classes"], ""
+      width_of = getattr(self.a["train_step"], "num_outputs", None)
+      if width_of is not None:
+        width = width_of(self.state, batch)
+        if bound is None or width < bound:
+          bound, why = width, f" (the model has {width} outputs)"
+      self.label_bound = (bound, why)
+    bound, why = self.label_bound
+    if bound is not None:
+      try:
+        check_labels(batch.y, bound, where=f"epoch {epoch + 1}, batch {i + 1}")
+      except ValueError as e:
+        raise ValueError(f"{e}{why}") from None
+
+  # one epoch
+  def train_epoch(self, epoch: int, skip: int, bar) -> None:
+    a = self.a
+    order_key = jax.random.fold_in(a["data_key"], epoch)
+    for i, batch in enumerate(batches(a["train_ds"], a["batch_size"], key=order_key,
+                                      remainder="drop")):
+      if i < skip:
+        continue  # done before the checkpoint this run resumed from
+      self.check_batch_labels(batch, epoch, i)
+      self.state, metrics = a["train_step"](self.state, batch)
+      self.losses.append(metrics["loss"])
+      step = self.start_step + len(self.losses)
+      self.log.add(step, epoch + 1, i + 1, metrics)
+      bar.step(i + 1, metrics, self.last_eval)
+      if a["on_step"] is not None:
+        a["on_step"](step, metrics)
+      if a["checkpoint_every"] and step % a["checkpoint_every"] == 0:
+        self.save(epoch)
+      self.check_stop(epoch)
+    self.log.flush()
+
+  def finish_epoch(self, epoch: int, bar) -> Record:
+    """Evaluation, the epoch's record (written before the epoch's checkpoint: a run
+    killed in between resumes from an older checkpoint and redoes the same record)."""
+    a = self.a
+    record: Record = {"epoch": epoch + 1, "step": int(self.state.step)}
+    means = self.log.epoch_means()
+    record.update({("train_" + k if k != "grad_norm" else k): v for k, v in means.items()})
+    if a["eval_step"] is not None and a["eval_ds"] is not None:
+      scores = evaluate(a["eval_step"], self.state.params, a["eval_ds"],
+                        batch_size=a["eval_batch_size"])
+      scores.pop("count", None)
+      record.update({f"test_{k}": v for k, v in scores.items()})
+      if "test_accuracy" in record:
+        self.last_eval = {"test_acc": f"{record['test_accuracy']:.3f}"}
+    record["time"] = round(time.perf_counter() - self.t0, 3)
+    self.history.append(record)
+    if "loss" in means:
+      bar.postfix({"loss": means["loss"], **({"accuracy": means["accuracy"]}
+                                             if "accuracy" in means else {})},
+                  self.last_eval)
+    if self.out is not None:
+      _write_metrics(self.out / METRICS_FILE, self.history)
+      self.log.values = {}
+      self.save(epoch + 1)
+      if a["plot"] and time.perf_counter() - self.last_plot >= a["plot_interval"]:
+        plot_curves(self.history, self.out / CURVES_FILE, title=a["plot_title"])
+        self.last_plot = time.perf_counter()
+    self.log.values = {}
+    if a["on_epoch"] is not None:
+      a["on_epoch"](record)
+    self.check_stop(epoch + 1)
+    return record
+
+  def run(self) -> None:
+    a, spe = self.a, self.steps_per_epoch
+    epochs = a["epochs"]
+    bar = _Progress(a["progress"], total=epochs * spe,
+                    initial=min(self.start_step, epochs * spe),
+                    every=max(1, a["progress_every"]))
+    try:
+      for epoch in range(self.position.epoch, epochs):
+        bar.set_epoch(epoch + 1, epochs)
+        skip = self.position.skip if epoch == self.position.epoch else 0
+        self.train_epoch(epoch, skip, bar)
+        self.finish_epoch(epoch, bar)
+      self.log.flush()
+      self.save(min(epochs, int(self.state.step) // spe))
+    finally:
+      bar.close()
+      self.stop.close()
+
+
+def _notifier(log: Callable[[str], None] | None) -> Callable[..., None]:
+  """``notify(msg, level=INFO)``: to ``log`` when given, else to the "handgrad" logger."""
+  if log is not None:
+    return lambda msg, level=logging.INFO: log(msg)
+  return lambda msg, level=logging.INFO: logger.log(level, msg)
+
+
 def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
         batch_size: int, data_key: jax.Array,
         eval_step: Callable | None = None, eval_ds=None, eval_batch_size: int = 1000,
         num_classes: int | None = None, out_dir: str | os.PathLike | None = None,
-        resume: bool = False, checkpoint_every: int | None = None, max_to_keep: int = 3,
+        resume: bool = False, overwrite: bool = False,
+        checkpoint_every: int | None = None, max_to_keep: int = 3,
+        max_nonfinite: int = DEFAULT_MAX_NONFINITE,
         config: Mapping[str, Any] | None = None, progress: bool = True,
         progress_every: int = 10, plot: bool = True, plot_interval: float = 10.0,
         plot_title: str = "",
         on_step: Callable[[int, Metrics], None] | None = None,
         on_epoch: Callable[[Record], None] | None = None,
-        log: Callable[[str], None] | None = None) -> FitResult:
+        log: Callable[[str], None] | None = None,
+        handle_signals: bool = True) -> FitResult:
   """Trains ``state`` for ``epochs`` epochs of ``train_ds``.
 
   Args:
@@ -219,17 +656,24 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
     eval_ds: the evaluation dataset.
     eval_batch_size: rows per evaluation batch.
     num_classes: labels are checked to lie in ``[0, num_classes)`` before each step;
-      ``None`` takes ``train_ds.num_classes`` when it exists.
-    out_dir: where ``metrics.jsonl``, ``curves.png`` and ``checkpoints/`` go; ``None``
-      writes nothing (and cannot resume).
-    resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (if there
-      is none, start at step 0).  Without it, an existing run in ``out_dir`` is
-      replaced.
+      ``None`` takes ``train_ds.num_classes`` when it exists.  When the train step knows
+      the model's output width (``make_train_step(classification_loss(...))``), labels
+      must also be below it.
+    out_dir: where ``metrics.jsonl``, ``curves.png``, ``config.json`` and
+      ``checkpoints/`` go; ``None`` writes nothing (and cannot resume).  It is locked
+      for the run (``.handgrad.lock``, with this process's pid and host).
+    resume: continue from the newest intact checkpoint in ``out_dir/checkpoints`` (if
+      there is none, start at step 0).
+    overwrite: replace a previous run in ``out_dir``.  Without ``resume`` or
+      ``overwrite``, a directory holding a run is refused (:class:`RunExistsError`) and
+      left as it is.
     checkpoint_every: also save every this many steps (default: only after each
       epoch and at the end).
     max_to_keep: how many checkpoints to keep.
-    config: JSON-able settings of the run; stored in each checkpoint, and a resume
-      with different settings (``epochs`` aside) is refused with a ``ValueError``.
+    max_nonfinite: stop after this many consecutive skipped non-finite steps.
+    config: JSON-able settings of the run; stored in each checkpoint and, with
+      ``epochs``, in ``config.json`` once the run is accepted; a resume with different
+      settings (``epochs`` aside) is refused with a ``ValueError``.
     progress: show a tqdm bar on stderr.
     progress_every: refresh the bar's loss and accuracy every this many steps (each
       refresh waits for the step to finish).
@@ -240,123 +684,70 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
       the device); an exception raised there stops the run (tests use it to simulate
       a crash).
     on_epoch: called with each epoch's record.
-    log: where notices go (default: stderr).
+    log: where notices go, one string each (default: the ``logging.getLogger(
+      "handgrad")`` logger; warnings for skipped steps and damaged checkpoints).
+    handle_signals: stop cleanly on SIGTERM and a first Ctrl-C (main thread only).
 
   Returns:
     A :class:`FitResult`.
 
   Raises:
-    ValueError: bad arguments, a label out of range (naming the epoch and batch), or a
-      checkpoint from a run with other settings.
+    ValueError: bad arguments, a non-finite input value (naming the sample), a label
+      out of range (naming the epoch and batch), or a checkpoint from a run with other
+      settings or from another model.
+    RunExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+    RunLockedError: another live process trains into ``out_dir``.
+    CheckpointError: ``resume`` found checkpoints, none of them intact.
+    NonFiniteError: ``max_nonfinite`` non-finite steps in a row.
+    Interrupted: SIGTERM or SIGINT; the state is checkpointed first.
   """
   t0 = time.perf_counter()
-  log = log or (lambda msg: print(msg, file=sys.stderr))
-  if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-    raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-  steps_per_epoch = num_batches(len(train_ds), batch_size, "drop")
-  if steps_per_epoch == 0:
-    raise ValueError(f"the batch size {batch_size} is larger than the training set "
-                     f"({len(train_ds)} samples): no full batch")
-  if checkpoint_every is not None and checkpoint_every < 1:
-    raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+  notify = _notifier(log)
+  steps_per_epoch = _check_arguments(
+      train_ds, epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every,
+      resume=resume, out_dir=out_dir, max_nonfinite=max_nonfinite)
   if num_classes is None:
     num_classes = getattr(train_ds, "num_classes", None)
-  if resume and out_dir is None:
-    raise ValueError("resume needs an output directory holding the checkpoints")
+  check_finite_inputs(train_ds, "training set")
+  if eval_step is not None and eval_ds is not None:
+    check_finite_inputs(eval_ds, "evaluation set")
   config = dict(config or {})
+  fit_args = dict(train_step=train_step, train_ds=train_ds, epochs=epochs,
+                  batch_size=batch_size, data_key=data_key, eval_step=eval_step,
+                  eval_ds=eval_ds, eval_batch_size=eval_batch_size,
+                  num_classes=num_classes, checkpoint_every=checkpoint_every,
+                  max_nonfinite=max_nonfinite, config=config, progress=progress,
+                  progress_every=progress_every, plot=plot, plot_interval=plot_interval,
+                  plot_title=plot_title, on_step=on_step, on_epoch=on_epoch,
+                  handle_signals=handle_signals, steps_per_epoch=steps_per_epoch)
 
-  out = ckpt = None
-  history: list[Record] = []
-  if out_dir is not None:
-    out = pathlib.Path(out_dir)
-    if out.exists() and not out.is_dir():
-      raise ValueError(f"{out}: the output path exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume and (out / CHECKPOINT_DIR).exists():
-      # A fresh run replaces the previous one (whose steps would clash with its own).
-      log(f"starting afresh: removing the previous run's checkpoints in "
-          f"{out / CHECKPOINT_DIR} (pass resume=True / --resume to continue it)")
-      shutil.rmtree(out / CHECKPOINT_DIR)
-    ckpt = Checkpointer(out / CHECKPOINT_DIR, max_to_keep=max_to_keep)
-    if resume:
-      if ckpt.latest_step() is None:
-        log(f"no checkpoint in {ckpt.directory}; starting from step 0")
-      else:
-        state, meta = ckpt.restore(state)
-        _check_resumable(meta, config, steps_per_epoch, ckpt.directory)
-        history = [r for r in read_metrics(out / METRICS_FILE)
-                   if r.get("step", math.inf) <= int(state.step)]
-        epoch_at, batch_at = divmod(int(state.step), steps_per_epoch)
-        log(f"resuming from {ckpt.directory / str(int(state.step))}: step "
-            f"{int(state.step)}, epoch {epoch_at + 1}, batch {batch_at + 1}")
-    _write_metrics(out / METRICS_FILE, history)
-
-  start_step = int(jax.device_get(state.step))
-  start_epoch, skip = divmod(start_step, steps_per_epoch)
-
-  def meta(epoch_done: int) -> dict[str, Any]:
-    return {"epoch": epoch_done, "step": int(state.step), "steps_per_epoch": steps_per_epoch,
-            "batch_size": int(batch_size), "config": config}
-
-  bar = _Progress(progress, total=epochs * steps_per_epoch,
-                  initial=min(start_step, epochs * steps_per_epoch),
-                  every=max(1, progress_every))
-  losses: list[Any] = []
-  last_eval: dict[str, str] = {}
-  last_plot = t0  # short runs draw once, at the end
+  out = ckpt = lock = None
+  position = _Position(state, [], 0, 0, {})
   try:
-    for epoch in range(start_epoch, epochs):
-      bar.set_epoch(epoch + 1, epochs)
-      order_key = jax.random.fold_in(data_key, epoch)
-      epoch_metrics: list[Metrics] = []
-      for i, batch in enumerate(batches(train_ds, batch_size, key=order_key,
-                                        remainder="drop")):
-        if epoch == start_epoch and i < skip:
-          continue  # done before the checkpoint this run resumed from
-        if num_classes is not None:
-          check_labels(batch.y, num_classes, where=f"epoch {epoch + 1}, batch {i + 1}")
-        state, metrics = train_step(state, batch)
-        epoch_metrics.append(metrics)
-        losses.append(metrics["loss"])
-        step = start_step + len(losses)
-        bar.step(i + 1, metrics, last_eval)
-        if on_step is not None:
-          on_step(step, metrics)
-        if ckpt is not None and checkpoint_every and step % checkpoint_every == 0:
-          ckpt.save(state, meta(epoch))
-      record: Record = {"epoch": epoch + 1, "step": int(state.step)}
-      means = _epoch_means(epoch_metrics)
-      record.update({("train_" + k if k != "grad_norm" else k): v for k, v in means.items()})
-      if eval_step is not None and eval_ds is not None:
-        scores = evaluate(eval_step, state.params, eval_ds, batch_size=eval_batch_size)
-        scores.pop("count", None)
-        record.update({f"test_{k}": v for k, v in scores.items()})
-        if "test_accuracy" in record:
-          last_eval = {"test_acc": f"{record['test_accuracy']:.3f}"}
-      record["time"] = round(time.perf_counter() - t0, 3)
-      history.append(record)
-      if epoch_metrics:
-        bar.postfix(epoch_metrics[-1], last_eval)
-      if out is not None:
-        # The record first, then the checkpoint: a run killed in between resumes from
-        # the previous checkpoint, drops this record (its step is newer) and redoes it.
-        with open(out / METRICS_FILE, "a") as f:
-          f.write(json.dumps(record) + "\n")
-        ckpt.save(state, meta(epoch + 1))
-        if plot and time.perf_counter() - last_plot >= plot_interval:
-          plot_curves(history, out / CURVES_FILE, title=plot_title)
-          last_plot = time.perf_counter()
-      if on_epoch is not None:
-        on_epoch(record)
-    if ckpt is not None:
-      ckpt.save(state, meta(min(epochs, int(state.step) // steps_per_epoch)))
+    if out_dir is not None:
+      out, lock = _open_run_dir(out_dir, resume=resume, overwrite=overwrite, notify=notify)
+      if resume:
+        ckpt = Checkpointer(out / CHECKPOINT_DIR, max_to_keep=max_to_keep)
+        position = _resume(ckpt, state, out, config, steps_per_epoch, notify)
+      else:
+        _replace_previous_run(out, notify)
+        ckpt = Checkpointer(out / CHECKPOINT_DIR, max_to_keep=max_to_keep)
+      # The run is accepted: from here on the directory is this run's.
+      _write_atomically(out / CONFIG_FILE,
+                        json.dumps({**config, "epochs": epochs}, indent=2) + "\n")
+      _write_metrics(out / METRICS_FILE, position.history)
+    session = _Run(fit_args, position, out, ckpt, notify, t0)
+    session.run()
   finally:
-    bar.close()
     if ckpt is not None:
       ckpt.close()
-  if out is not None and plot and history:
-    plot_curves(history, out / CURVES_FILE, title=plot_title)
+    if lock is not None:
+      lock.release()
+  if out is not None and plot and session.history:
+    plot_curves(session.history, out / CURVES_FILE, title=plot_title)
+  losses = session.losses
   step_losses = (np.asarray(jax.device_get(losses), np.float32) if losses
                  else np.zeros(0, np.float32))
-  return FitResult(state=state, history=history, step_losses=step_losses,
-                   start_step=start_step, wall_time=time.perf_counter() - t0, out_dir=out)
+  return FitResult(state=session.state, history=session.history, step_losses=step_losses,
+                   start_step=session.start_step, wall_time=time.perf_counter() - t0,
+                   out_dir=out, skipped=session.log.skipped)

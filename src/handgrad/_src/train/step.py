@@ -27,12 +27,13 @@ import numpy as np
 import optax
 from jax import lax
 
-import handgrad
-from handgrad._src import mixed_precision
+from handgrad._src import api
 from handgrad._src.data.batching import batches as _batches
-from handgrad._src.inspect._tree import l2_norm
+from handgrad._src.rules.layers import softmax_cross_entropy
+from handgrad._src.train import mixed_precision
 from handgrad._src.train.state import Params, TrainState
 from handgrad._src.train.transforms import FrozenSpec, combine, frozen_mask, partition
+from handgrad._src.train.trees import global_norm
 
 Array = jax.Array
 Batch = Any
@@ -46,20 +47,25 @@ TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
 BACKENDS = ("hand", "jax")
 
 
-def value_and_grad(fun: Callable, backend: str = "hand", *, has_aux: bool = True) -> Callable:
-  """``handgrad.value_and_grad`` (``"hand"``) or ``jax.value_and_grad`` (``"jax"``) of
-  ``fun`` with respect to its first argument."""
+def backend_value_and_grad(fun: Callable, backend: str = "hand", *,
+                           has_aux: bool = True) -> Callable:
+  """``value_and_grad`` of ``fun`` (first argument) by the chosen gradient backend.
+
+  ``"hand"`` is ``handgrad.value_and_grad``, ``"jax"`` is ``jax.value_and_grad``.  Unlike
+  ``handgrad.value_and_grad`` (``has_aux=False`` by default, like ``jax``), this one
+  defaults to ``has_aux=True``: a loss function of the training loop returns
+  ``(loss, aux)``.  ``handgrad.train.value_and_grad`` is the same function under its
+  older name.
+  """
   if backend == "hand":
-    return handgrad.value_and_grad(fun, has_aux=has_aux)
+    return api.value_and_grad(fun, has_aux=has_aux)
   if backend == "jax":
     return jax.value_and_grad(fun, has_aux=has_aux)
   raise ValueError(f"unknown gradient backend {backend!r}; choose one of "
                    f"{', '.join(BACKENDS)}")
 
 
-def global_norm(tree: Any) -> Array:
-  """``sqrt(Σ_leaves Σ x²)``, the norm ``optax.clip_by_global_norm`` compares against."""
-  return l2_norm(jax.tree.leaves(tree))
+value_and_grad = backend_value_and_grad
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -81,11 +87,130 @@ def _split_micro(batch: Batch, k: int) -> Batch:
   return jax.tree.map(lambda a: jnp.reshape(a, (k, b // k) + tuple(np.shape(a)[1:])), batch)
 
 
+# --- the named pieces of a step ------------------------------------------------------
+#
+# make_train_step composes: _scaled_loss (the user's loss, times the loss scale),
+# _gradient_fn (one batch, or k micro-batches summed in a scan; frozen leaves as
+# constants), _apply_update (the optimizer behind the finiteness guard, and the loss
+# scale's adjustment), _keep_frozen and _step_metrics.
+
+def _scaled_loss(loss_fn: LossFn, has_aux: bool) -> Callable:
+  """``(params, batch, key, scale) -> (loss × scale, aux)``; ``scale=None``: no scaling."""
+  def full_loss(params, batch, key, scale):
+    out = loss_fn(params, batch, key)
+    if has_aux:
+      if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError("loss_fn must return (loss, aux_dict); pass has_aux=False for a "
+                        "loss_fn that returns the loss only")
+      loss, aux = out[0], dict(out[1])
+    else:
+      loss, aux = out, {}
+    if scale is not None:  # loss scaling: differentiate loss × S
+      loss = loss * scale.astype(loss.dtype)
+    return loss, aux
+  return full_loss
+
+
+def _gradient_fn(full_loss: Callable, backend: str, frozen: FrozenSpec, k: int) -> Callable:
+  """``(params, batch, key, scale) -> ((loss, aux), grads)``, frozen leaves' grads zero."""
+
+  def grads_of(params, batch, key, scale):
+    if frozen is None:
+      return backend_value_and_grad(full_loss, backend)(params, batch, key, scale)
+    mask = frozen_mask(params, frozen)
+    trainable, fixed = partition(params, mask)
+    if not jax.tree.leaves(trainable):
+      raise ValueError("every parameter is frozen: there is nothing to train")
+
+    def partial_loss(trainable, fixed, batch, key, scale):
+      # The seed's requires_grad=False / .detach(): the frozen leaves are constants.
+      return full_loss(combine(trainable, jax.tree.map(lax.stop_gradient, fixed)),
+                       batch, key, scale)
+
+    out, g = backend_value_and_grad(partial_loss, backend)(trainable, fixed, batch, key,
+                                                           scale)
+    return out, combine(g, jax.tree.map(jnp.zeros_like, fixed))
+
+  if k == 1:
+    return grads_of
+
+  def accumulated(params, batch, key, scale):
+    # In-step accumulation (one optimizer step per call, the micro-batches in a scan)
+    # rather than optax.MultiSteps, which spreads one step over k calls and k states.
+    micro = _split_micro(batch, k)
+    first = jax.tree.map(lambda a: a[0], micro)
+    (loss_s, aux_s), g_s = jax.eval_shape(grads_of, params, first, key, scale)
+    zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
+    init = (jax.tree.map(zeros, loss_s), jax.tree.map(zeros, aux_s),
+            jax.tree.map(zeros, g_s))
+
+    def body(carry, xs):
+      i, mb = xs
+      (loss, aux), g = grads_of(params, mb, jax.random.fold_in(key, i), scale)
+      return jax.tree.map(jnp.add, carry, (loss, aux, g)), None
+
+    (loss, aux, g), _ = lax.scan(body, init, (jnp.arange(k), micro))
+    mean = lambda t: jax.tree.map(lambda a: a / k, t)  # noqa: E731
+    return (mean(loss), mean(aux)), mean(g)
+
+  return accumulated
+
+
+def _apply_update(optimizer, loss_scale, state: TrainState, loss, grads):
+  """``(params, opt_state, loss_scale_state, applied)`` after one guarded update.
+
+  The update is applied only when the loss, the gradients, the new parameters and the
+  new optimizer state are all finite; otherwise params and optimizer state stay
+  bit-unchanged (``applied`` false) and, with loss scaling, the scale backs off.
+  """
+  params, opt_state, applied = mixed_precision.guarded_update(
+      optimizer, grads, state.opt_state, state.params, loss=loss)
+  scale_state = state.loss_scale
+  if loss_scale is not None:
+    scale_state = loss_scale.adjust(scale_state, applied)
+  return params, opt_state, scale_state, applied
+
+
+def _keep_frozen(frozen: FrozenSpec, old: Params, new: Params) -> Params:
+  """The frozen leaves' own buffers: exactly their bits (p + 0 would turn -0.0 into
+  +0.0), whatever the optimizer did."""
+  if frozen is None:
+    return new
+  mask = frozen_mask(old, frozen)
+  return jax.tree.map(lambda m, n, o: o if m else n, mask, new, old)
+
+
+def _step_metrics(loss, aux, grads, applied, scale_state, monitor) -> Metrics:
+  metrics = {"loss": loss, **aux}
+  if scale_state is not None:
+    metrics["loss_scale"] = scale_state.scale
+  metrics["skipped"] = jnp.logical_not(applied)
+  metrics["grad_norm"] = global_norm(grads)
+  metrics = {name: jnp.asarray(v, jnp.float32) for name, v in metrics.items()}
+  if monitor:
+    metrics["grad_stats"] = monitor(grads)
+  return metrics
+
+
+def _monitor_fn(monitor) -> Callable | None:
+  if monitor is False or monitor is None:
+    return None
+  if monitor is True:
+    # The per-parameter statistics of handgrad.inspect (imported here, when asked for:
+    # the training code does not depend on the inspection tools otherwise).
+    from handgrad._src.inspect.monitor import gradient_stats
+    return gradient_stats
+  if callable(monitor):
+    return monitor
+  raise TypeError(f"monitor must be a bool or a function grads -> statistics, got "
+                  f"{type(monitor).__name__}")
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     backend: str = "hand", accumulate: int = 1, frozen: FrozenSpec = None,
                     loss_scale: mixed_precision.DynamicLossScale | None = None,
-                    monitor: bool = False, has_aux: bool = True, donate: bool = True,
-                    jit: bool = True) -> TrainStep:
+                    monitor: bool | Callable = False, has_aux: bool = True,
+                    donate: bool = True, jit: bool = True) -> TrainStep:
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted and donating ``state``.
 
   One call is one optimizer step:
@@ -100,7 +225,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
      Micro-batch i gets ``fold_in(key, i)``, so with dropout the masks differ from a
      big-batch step;
   3. ``optimizer.update`` (put clipping in the optimizer, see ``make_optimizer``) and
-     ``optax.apply_updates``.
+     ``optax.apply_updates``, behind a guard: a step whose loss, gradients, new
+     parameters or new optimizer state are not all finite is *skipped*: params and
+     optimizer state stay bit-unchanged (the step count and the key advance), and
+     ``metrics["skipped"]`` is 1.  ``fit`` reports such steps and stops after a few in
+     a row.
 
   Frozen leaves (the seed's ``requires_grad=False``) are closed over as constants
   wrapped in ``lax.stop_gradient``: no gradient is computed for them (their gradient is
@@ -121,12 +250,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       the state must carry its ``LossScaleState``, see ``TrainState.create``).  The
       loss is multiplied by the scale before the backward pass and the gradients are
       divided by it after; the optimizer (clipping included) sees unscaled gradients.
-      A step whose gradients are not finite is skipped: params and optimizer state
-      stay bit-unchanged, the scale backs off.  Metrics gain ``"loss_scale"`` and
-      ``"skipped"``.
-    monitor: also return per-parameter gradient statistics (mean, std, max |g|, norm,
-      finite fraction; ``handgrad.inspect.gradient_stats``) as ``metrics["grad_stats"]``,
-      computed on the device inside the step.
+      A skipped step also backs the scale off.  Metrics gain ``"loss_scale"``.
+    monitor: ``True`` also returns per-parameter gradient statistics (mean, std,
+      max |g|, norm, finite fraction; ``handgrad.inspect.gradient_stats``) as
+      ``metrics["grad_stats"]``, computed on the device inside the step; a function
+      ``grads -> pytree`` computes those statistics instead.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     donate: donate the input state's buffers to the output (``donate_argnums=0``); the
       state passed in must not be used afterwards.
@@ -134,99 +262,44 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
   Returns:
     ``train_step(state, batch) -> (new_state, metrics)`` with ``metrics`` a dict of
-    float32 ``[]``: ``"loss"``, every aux metric, and ``"grad_norm"``, the global norm of
-    the (accumulated) gradient before clipping.
+    float32 ``[]``: ``"loss"``, every aux metric, ``"skipped"`` (1 for a skipped step)
+    and ``"grad_norm"``, the global norm of the (accumulated) gradient before clipping.
+    When ``loss_fn`` knows the width of the model's output (``classification_loss``),
+    the step has a ``num_outputs(state, batch) -> int`` attribute, which ``fit`` uses to
+    check the labels.
   """
   if backend not in BACKENDS:
     raise ValueError(f"unknown gradient backend {backend!r}; choose one of "
                      f"{', '.join(BACKENDS)}")
   k = _check_positive_int("accumulate", accumulate)
-
-  def full_loss(params, batch, key, scale):
-    out = loss_fn(params, batch, key)
-    if has_aux:
-      if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError("loss_fn must return (loss, aux_dict); pass has_aux=False for a "
-                        "loss_fn that returns the loss only")
-      loss, aux = out[0], dict(out[1])
-    else:
-      loss, aux = out, {}
-    if scale is not None:  # loss scaling: differentiate loss × S
-      loss = loss * scale.astype(loss.dtype)
-    return loss, aux
-
-  def grads_of(params, batch, key, scale):
-    """``((loss, aux), grads)`` for one (micro-)batch; zeros for frozen leaves."""
-    if frozen is None:
-      return value_and_grad(full_loss, backend)(params, batch, key, scale)
-    mask = frozen_mask(params, frozen)
-    trainable, fixed = partition(params, mask)
-    if not jax.tree.leaves(trainable):
-      raise ValueError("every parameter is frozen: there is nothing to train")
-
-    def partial_loss(trainable, fixed, batch, key, scale):
-      # The seed's requires_grad=False / .detach(): the frozen leaves are constants.
-      return full_loss(combine(trainable, jax.tree.map(lax.stop_gradient, fixed)),
-                       batch, key, scale)
-
-    out, g = value_and_grad(partial_loss, backend)(trainable, fixed, batch, key, scale)
-    return out, combine(g, jax.tree.map(jnp.zeros_like, fixed))
-
-  def accumulated(params, batch, key, scale):
-    micro = _split_micro(batch, k)
-    first = jax.tree.map(lambda a: a[0], micro)
-    (loss_s, aux_s), g_s = jax.eval_shape(grads_of, params, first, key, scale)
-    zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
-    init = (jax.tree.map(zeros, loss_s), jax.tree.map(zeros, aux_s),
-            jax.tree.map(zeros, g_s))
-
-    def body(carry, xs):
-      i, mb = xs
-      (loss, aux), g = grads_of(params, mb, jax.random.fold_in(key, i), scale)
-      return jax.tree.map(jnp.add, carry, (loss, aux, g)), None
-
-    (loss, aux, g), _ = lax.scan(body, init, (jnp.arange(k), micro))
-    scale = lambda t: jax.tree.map(lambda a: a / k, t)  # noqa: E731
-    return (scale(loss), scale(aux)), scale(g)
+  stats_fn = _monitor_fn(monitor)
+  loss_and_grads = _gradient_fn(_scaled_loss(loss_fn, has_aux), backend, frozen, k)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng, sub = jax.random.split(jax.random.wrap_key_data(state.key))
-    compute = grads_of if k == 1 else accumulated
-    scale_state = state.loss_scale
     if loss_scale is None:
-      (loss, aux), grads = compute(state.params, batch, sub, None)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
+      (loss, aux), grads = loss_and_grads(state.params, batch, sub, None)
     else:
-      if scale_state is None:
+      if state.loss_scale is None:
         raise ValueError("make_train_step(loss_scale=...) needs a state created with "
                          "TrainState.create(..., loss_scale=...)")
-      (loss, aux), grads = compute(state.params, batch, sub, scale_state.scale)
-      loss = loss / scale_state.scale.astype(loss.dtype)
-      grads = loss_scale.unscale(scale_state, grads)
-      params, opt_state, finite = mixed_precision.guarded_update(
-          optimizer, grads, state.opt_state, state.params)
-      scale_state = loss_scale.adjust(scale_state, finite)
-      aux = {**aux, "loss_scale": scale_state.scale,
-             "skipped": jnp.logical_not(finite).astype(jnp.float32)}
-    if frozen is not None:
-      # Keep the frozen leaves' own buffers: exactly their bits (p + 0 would turn
-      # -0.0 into +0.0), whatever the optimizer did.
-      mask = frozen_mask(state.params, frozen)
-      params = jax.tree.map(lambda m, new, old: old if m else new, mask, params,
-                            state.params)
-    metrics = {"loss": loss, **aux, "grad_norm": global_norm(grads)}
-    metrics = {name: jnp.asarray(v, jnp.float32) for name, v in metrics.items()}
-    if monitor:
-      from handgrad._src.inspect.monitor import gradient_stats
-      metrics["grad_stats"] = gradient_stats(grads)
+      scale = state.loss_scale.scale
+      (loss, aux), grads = loss_and_grads(state.params, batch, sub, scale)
+      loss = loss / scale.astype(loss.dtype)
+      grads = loss_scale.unscale(state.loss_scale, grads)
+    params, opt_state, scale_state, applied = _apply_update(optimizer, loss_scale, state,
+                                                            loss, grads)
+    params = _keep_frozen(frozen, state.params, params)
+    metrics = _step_metrics(loss, aux, grads, applied, scale_state, stats_fn)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                            key=jax.random.key_data(rng), loss_scale=scale_state)
     return new_state, metrics
 
-  if not jit:
-    return train_step
-  return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+  step = jax.jit(train_step, donate_argnums=(0,) if donate else ()) if jit else train_step
+  num_outputs = getattr(loss_fn, "num_outputs", None)
+  if num_outputs is not None:
+    step.num_outputs = lambda state, batch: num_outputs(state.params, batch)
+  return step
 
 
 def make_eval_step(eval_fn: EvalFn, *, jit: bool = True) -> Callable[[Params, Batch], Metrics]:
@@ -283,10 +356,15 @@ def classification_loss(apply_fn: Callable[[Params, Array], Array], *,
   def loss_fn(params, batch, key):
     del key
     logits = apply_fn(params, batch.x)
-    loss = handgrad.ops.softmax_cross_entropy(logits, batch.y)
+    loss = softmax_cross_entropy(logits, batch.y)
     accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == batch.y).astype(jnp.float32))
     return loss, {"accuracy": accuracy}
 
+  def num_outputs(params, batch) -> int:
+    """The width of the logits (the labels must lie in ``[0, width)``)."""
+    return int(jax.eval_shape(apply_fn, params, batch.x).shape[-1])
+
+  loss_fn.num_outputs = num_outputs
   return loss_fn
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import handgrad as hg
 from handgrad._src import check
-from handgrad._src import mixed_precision as mp
+from handgrad._src.train import mixed_precision as mp
 
 
 def mlp_apply(params, x):

@@ -15,7 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from handgrad._src.inspect._tree import Array, PyTree, is_inexact, upcast
+from handgrad._src.train.trees import Array, PyTree, is_inexact, upcast
 
 # PyTorch's clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6).
 EPS = 1e-6

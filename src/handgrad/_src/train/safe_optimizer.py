@@ -2,7 +2,8 @@
 
 Per step, on the raw gradient ``g`` with global L2 norm ``n``:
 
-1. If ``n`` is not finite (a NaN or inf anywhere, or an overflowing norm), the step is
+1. If ``n`` is not finite (a NaN or inf anywhere, or an overflowing norm), or the update
+   the inner optimizer makes of the clipped gradient is not finite, the step is
    skipped: the update is zero and the whole state (inner optimizer, learning rate,
    explosion count) is kept bit for bit, with ``last_skipped=True``.  Every skipped
    step is skipped, however many come in a row.  ``optax.apply_if_finite(inner,
@@ -23,14 +24,16 @@ no host callback, no Python branching on values.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from handgrad._src.inspect._tree import l2_norm
-from handgrad._src.inspect.clipping import EPS
+from handgrad._src.train.clipping import EPS
+from handgrad._src.train.trees import all_finite, global_norm
 
 
 class SafeOptimizerState(NamedTuple):
@@ -60,6 +63,13 @@ def _set_learning_rate(inner_state, lr):
   return inner_state._replace(hyperparams=hp)
 
 
+def _check_positive_finite(name: str, value) -> None:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or not math.isfinite(value) or value <= 0):
+    raise ValueError(f"safe_optimizer: {name} must be a finite positive number, got "
+                     f"{value!r}")
+
+
 def safe_optimizer(inner: Callable[..., optax.GradientTransformation]
                    | optax.GradientTransformation, *, learning_rate: float,
                    max_grad_norm: float = 1.0, patience: int = 5,
@@ -82,11 +92,16 @@ def safe_optimizer(inner: Callable[..., optax.GradientTransformation]
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a :class:`SafeOptimizerState`.
+
+  Raises:
+    ValueError: ``learning_rate``, ``max_grad_norm`` or ``explosion_factor`` not a finite
+      positive number, or ``patience`` not an int >= 1.
   """
-  if patience < 1:
-    raise ValueError(f"patience must be at least 1, got {patience}")
-  if max_grad_norm <= 0:
-    raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
+  _check_positive_finite("learning_rate", learning_rate)
+  _check_positive_finite("max_grad_norm", max_grad_norm)
+  _check_positive_finite("explosion_factor", explosion_factor)
+  if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
+    raise ValueError(f"safe_optimizer: patience must be an int >= 1, got {patience!r}")
   if isinstance(inner, optax.GradientTransformation):
     direction, opt = True, inner
   elif callable(inner):
@@ -107,7 +122,7 @@ def safe_optimizer(inner: Callable[..., optax.GradientTransformation]
         num_skipped=jnp.zeros((), jnp.int32))
 
   def update_fn(updates, state, params=None):
-    norm = l2_norm(jax.tree.leaves(updates)).astype(jnp.float32)
+    norm = global_norm(updates).astype(jnp.float32)
     finite = jnp.isfinite(norm)
     # The seed's explosion bookkeeping, on finite steps only.
     exploded = norm > threshold
@@ -125,6 +140,10 @@ def safe_optimizer(inner: Callable[..., optax.GradientTransformation]
     else:
       inner_state = _set_learning_rate(state.inner_state, lr)
       new_updates, new_inner = opt.update(clipped, inner_state, params)
+
+    # A finite gradient can still give a non-finite update (an inf Adam moment): such
+    # an update is never applied either.
+    finite = finite & all_finite(new_updates)
 
     def keep(new, old):
       return jnp.where(finite, new, old)

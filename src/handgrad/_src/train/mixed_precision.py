@@ -14,18 +14,23 @@ float16 has 5 exponent bits: small gradients underflow to zero.  Dynamic loss sc
 (the seed's ``GradScaler``) multiplies the loss by a large scale S before the backward
 pass and divides the gradients by S after it.  When a step's gradients are not finite
 the step is skipped (parameters and optimizer state bit-unchanged) and S is halved; after
-``growth_interval`` finite steps in a row S doubles.  Clipping, when used, sees the
-unscaled gradients.
+``growth_interval`` finite steps in a row S doubles, unless the doubled scale would not
+be finite (jmp's rule: the scale only ever grows to a finite value, so it can always back
+off again).  Clipping, when used, sees the unscaled gradients.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from handgrad._src.train.trees import all_finite, global_norm, select_tree
 
 
 def _cast_floats(tree: Any, dtype) -> Any:
@@ -88,18 +93,57 @@ class LossScaleState(NamedTuple):
   good_steps: jax.Array  # int32 []
 
 
+def _real(name: str, value) -> float:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ValueError(f"DynamicLossScale: {name} must be a number, got {value!r}")
+  return float(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class DynamicLossScale:
   """The seed's ``GradScaler``, as pure functions over a ``LossScaleState`` pytree.
 
   ``initial_scale`` 2¹⁵ (torch uses 2¹⁶); ×``growth_factor`` after ``growth_interval``
-  finite steps; ×``backoff_factor`` on a non-finite step; never below ``min_scale``.
+  finite steps (only when the product is finite); ×``backoff_factor`` on a non-finite
+  step; never below ``min_scale``.
+
+  Raises:
+    ValueError: at construction, for a non-finite or non-positive ``initial_scale`` or
+      ``min_scale``, ``min_scale > initial_scale``, ``growth_factor <= 1``,
+      ``backoff_factor`` outside ``(0, 1)`` (torch's ``GradScaler`` asserts the same
+      two), or ``growth_interval`` not a positive int.
   """
   initial_scale: float = 2.0 ** 15
   growth_interval: int = 2000
   growth_factor: float = 2.0
   backoff_factor: float = 0.5
   min_scale: float = 1.0
+
+  def __post_init__(self):
+    initial, minimum = _real("initial_scale", self.initial_scale), _real("min_scale",
+                                                                         self.min_scale)
+    growth, backoff = _real("growth_factor", self.growth_factor), _real("backoff_factor",
+                                                                        self.backoff_factor)
+    finite32 = lambda v: math.isfinite(v) and abs(v) <= float(jnp.finfo(jnp.float32).max)  # noqa: E731
+    if not (finite32(initial) and initial > 0):
+      raise ValueError(f"DynamicLossScale: initial_scale must be a finite positive float32, "
+                       f"got {self.initial_scale!r}")
+    if not (finite32(minimum) and minimum > 0):
+      raise ValueError(f"DynamicLossScale: min_scale must be a finite positive number, got "
+                       f"{self.min_scale!r}")
+    if minimum > initial:
+      raise ValueError(f"DynamicLossScale: min_scale {self.min_scale!r} is larger than "
+                       f"initial_scale {self.initial_scale!r}")
+    if not (math.isfinite(growth) and growth > 1):
+      raise ValueError(f"DynamicLossScale: growth_factor must be a finite number > 1, got "
+                       f"{self.growth_factor!r}")
+    if not (0 < backoff < 1):
+      raise ValueError(f"DynamicLossScale: backoff_factor must lie in (0, 1), got "
+                       f"{self.backoff_factor!r}")
+    interval = self.growth_interval
+    if isinstance(interval, bool) or not isinstance(interval, numbers.Integral) or interval < 1:
+      raise ValueError(f"DynamicLossScale: growth_interval must be a positive int, got "
+                       f"{interval!r}")
 
   def init(self) -> LossScaleState:
     return LossScaleState(jnp.asarray(self.initial_scale, jnp.float32), jnp.zeros((), jnp.int32))
@@ -112,8 +156,12 @@ class DynamicLossScale:
     return jax.tree.map(lambda g: (g.astype(jnp.float32) * inv).astype(g.dtype), grads)
 
   def adjust(self, state: LossScaleState, grads_finite: jax.Array) -> LossScaleState:
+    """The next state after a step whose gradients were (not) finite."""
     grown = state.good_steps + 1 >= self.growth_interval
-    finite_scale = jnp.where(grown, state.scale * self.growth_factor, state.scale)
+    bigger = (state.scale * self.growth_factor).astype(jnp.float32)
+    # jmp's rule: grow only to a finite scale (from inf, backoff would stay inf and
+    # every later step would be skipped).
+    finite_scale = jnp.where(grown & jnp.isfinite(bigger), bigger, state.scale)
     finite_steps = jnp.where(grown, 0, state.good_steps + 1)
     backoff = jnp.maximum(state.scale * self.backoff_factor, self.min_scale)
     return LossScaleState(
@@ -121,28 +169,22 @@ class DynamicLossScale:
         jnp.where(grads_finite, finite_steps, 0).astype(jnp.int32))
 
 
-def all_finite(tree: Any) -> jax.Array:
-  """True when every floating leaf of ``tree`` is finite (a jit-safe bool scalar)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
-
-
-def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-  """Leafwise ``where(pred, a, b)``: bit-exact copies of either side."""
-  return jax.tree.map(lambda a, b: jax.lax.select(pred, a, b), on_true, on_false)
-
-
 def guarded_update(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any,
-                   params: Any) -> tuple[Any, Any, jax.Array]:
-  """Applies ``optimizer`` only when ``grads`` are finite.
+                   params: Any, *, loss: jax.Array | None = None
+                   ) -> tuple[Any, Any, jax.Array]:
+  """Applies ``optimizer`` only when ``grads`` and the update made of them are finite.
 
-  Returns ``(params, opt_state, finite)``; on a non-finite step both are returned
+  Returns ``(params, opt_state, finite)``: ``finite`` is true when the global norm of
+  the gradients is finite (no NaN or inf, and no overflow of the sum of squares, which
+  would also overflow an Adam second moment), the update is finite, and, with ``loss``
+  given, the loss is finite; otherwise params and optimizer state are returned
   bit-unchanged.  The optimizer (clipping included) sees the grads as given, so pass
   unscaled gradients.
   """
-  finite = all_finite(grads)
-  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-  updates, new_state = optimizer.update(safe_grads, opt_state, params)
+  finite = jnp.isfinite(global_norm(grads))
+  if loss is not None:
+    finite = finite & all_finite(loss)
+  updates, new_state = optimizer.update(grads, opt_state, params)
+  finite = finite & all_finite(updates)
   new_params = optax.apply_updates(params, updates)
   return select_tree(finite, new_params, params), select_tree(finite, new_state, opt_state), finite
