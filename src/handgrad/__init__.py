@@ -14,7 +14,10 @@ from handgrad._src.check import numerical_gradient
 from handgrad._src.api import value_and_grad
 from handgrad._src.api import vjp
 from handgrad._src.registry import RuleError
+from handgrad._src.registry import NotDifferentiable
 from handgrad._src.registry import defvjp
+from handgrad._src.registry import defvjp_each
+from handgrad._src.registry import defvjp_unary
 from handgrad._src.second_order import hessian
 from handgrad._src.second_order import hvp
 from handgrad._src.second_order import hvp_reverse
@@ -31,7 +34,8 @@ from handgrad import train
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckReport", "data", "inspect", "nn", "train", "RuleError", "check_grad", "check_vjp", "defvjp", "grad",
+    "CheckReport", "data", "inspect", "nn", "train", "NotDifferentiable", "RuleError",
+    "check_grad", "check_vjp", "defvjp", "defvjp_each", "defvjp_unary", "grad",
     "gradient_check", "hessian", "hvp", "hvp_reverse", "numerical_gradient", "ops",
     "print_saved_residuals", "registry", "saved_residuals", "top_hessian_eigenvalues",
     "value_and_grad", "vjp",
