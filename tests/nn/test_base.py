@@ -23,7 +23,7 @@ def test_every_layer_is_found():
 def test_layers_show_their_public_names(name):
   layer = getattr(hg.nn, name)
   text = repr(layer)
-  assert text.startswith(f"Layer(init={name}.init(") and f"apply={name}.apply(params, x" in text
+  assert text.startswith(f"Layer(init={name}.init(") and f"apply={name}.apply(params, " in text
   assert "<function" not in text and "_init" not in text.replace(f"{name}.init", "")
   assert layer.init.__qualname__ == f"{name}.init"
   assert pickle.loads(pickle.dumps(layer.init)) is layer.init

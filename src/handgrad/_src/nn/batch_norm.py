@@ -67,4 +67,4 @@ def _batch_norm_apply(params: Params, x: Array, *, state: Params, train: bool,
     return y, {"mean": jax.lax.stop_gradient(new_mean), "var": jax.lax.stop_gradient(new_var)}
 
 
-batch_norm = Layer(_batch_norm_init, _batch_norm_apply)
+batch_norm = Layer.named("batch_norm", _batch_norm_init, _batch_norm_apply)

@@ -63,4 +63,4 @@ def _cnn_apply(params: Params, x: Array, *, image_shape: Sequence[int] = MNIST_I
     return dense.apply(get_param(params, path, "head"), flatten(x), path=head)
 
 
-cnn = Layer(_cnn_init, _cnn_apply)
+cnn = Layer.named("cnn", _cnn_init, _cnn_apply)

@@ -116,7 +116,7 @@ def _conv2d_apply(params: Params, x: Array, *, strides: int | Sequence[int] = 1,
                       padding=_padding(padding, where))
 
 
-conv2d = Layer(_conv2d_init, _conv2d_apply)
+conv2d = Layer.named("conv2d", _conv2d_init, _conv2d_apply)
 
 
 # --- pooling and flatten -------------------------------------------------------------

@@ -44,4 +44,4 @@ def _embedding_apply(params: Params, ids: Array, *, path: str = "embedding") -> 
     return ops.embedding(table, ids)
 
 
-embedding = Layer(_embedding_init, _embedding_apply)
+embedding = Layer.named("embedding", _embedding_init, _embedding_apply)
