@@ -15,11 +15,12 @@ the same axes (the conventions of ``jax/_src/lax/parallel.py``):
 * ``ppermute`` with pairs ``(src, dst)`` transposes to the inverse permutation.
 * ``all_to_all`` transposes to the ``all_to_all`` with ``split_axis`` and
   ``concat_axis`` swapped.
-* ``pbroadcast`` from ``source``: the sum of the cotangents lands on the source.
-* ``axis_index`` is an integer: no gradient.
+* ``axis_index`` has no inputs: the engine never differentiates it (no rule needed).
 
 ``pmax``/``pmin`` and ``ragged_all_to_all``: JAX differentiates none of them in reverse
 mode, so neither does handgrad; they have no rule (the missing-rule error names them).
+``pbroadcast`` has no rule either: XLA:CPU cannot run it (nor its ``vmap``), so a rule
+could not be checked against JAX here.
 The transposes bind the primitives directly (:func:`handgrad._src.jaxpr.collective`)
 with exactly the equation's params: the ``lax`` wrappers would re-read axis names and
 insert casts of their own.
@@ -135,17 +136,3 @@ def _all_to_all_vjp(g, ans, x, *, axis_name, split_axis, concat_axis, axis_index
                     tiled):
   return (_bind("all_to_all", g, axis_name=axis_name, split_axis=concat_axis,
                 concat_axis=split_axis, axis_index_groups=axis_index_groups, tiled=tiled),)
-
-
-# z on every member = x on member `source`:  dx = Σ_members dz on source, 0 elsewhere
-@defvjp("pbroadcast")
-def _pbroadcast_vjp(g, ans, x, *, axis_name, source):
-  total = _bind("psum", g, axes=_names(axis_name), axis_index_groups=None)
-  index = hj.collective("axis_index").bind(axis_name=axis_name)
-  is_source = lax.eq(index, lax.convert_element_type(source, index.dtype))
-  zero = lax.full_like(total, 0)
-  return (lax.select(lax.broadcast_in_dim(is_source, total.shape, ()), total, zero),)
-
-
-# axis_index is this member's integer position: nothing to differentiate.
-defvjp("axis_index", lambda g, ans, **params: ())
