@@ -21,15 +21,15 @@ DEVICES = 8
 
 
 @functools.lru_cache(maxsize=None)
-def run_cases(script: str, timeout: float = 300.0) -> dict:
-  """``{case: result}`` from running ``HERE/script`` on 8 CPU devices (cached: each
-  script runs once per test session)."""
+def run_cases(script: str, args: tuple[str, ...] = (), timeout: float = 300.0) -> dict:
+  """``{case: result}`` from running ``HERE/script`` (with command-line ``args``) on 8
+  CPU devices (cached: each script and arguments run once per test session)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       f" --xla_force_host_platform_device_count={DEVICES}").strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE), env.get("PYTHONPATH", "")])
-  proc = subprocess.run([sys.executable, str(HERE / script)], env=env, capture_output=True,
+  proc = subprocess.run([sys.executable, str(HERE / script), *args], env=env, capture_output=True,
                         text=True, timeout=timeout)
   lines = proc.stdout.strip().splitlines()
   if proc.returncode != 0 or not lines:
