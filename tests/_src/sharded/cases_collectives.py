@@ -185,7 +185,9 @@ def all_to_all_swap():
 
 def all_gather_invariant_tiled():
   # all_gather_invariant (varying -> invariant) transposes to this member's block.
-  from jax._src.lax.parallel import all_gather_invariant
+  from jax._src.lax import parallel
+  all_gather_invariant = (getattr(parallel, "all_gather_invariant", None)
+                          or getattr(parallel, "_all_gather_invariant"))
   mesh = _mesh("d")
   x = _rand(17, N * 2, 3)
 

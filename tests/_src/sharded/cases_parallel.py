@@ -7,9 +7,7 @@ Run by test_sharded_parallel.py in a subprocess on 8 CPU devices.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 import handgrad as hg
 from handgrad import nn, ops

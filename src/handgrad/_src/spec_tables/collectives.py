@@ -80,5 +80,8 @@ def table() -> list[RuleSpec]:
 
 
 def _all_gather_invariant(x, axis_name, *, axis, tiled):
-  from jax._src.lax.parallel import all_gather_invariant  # not re-exported by jax.lax
-  return all_gather_invariant(x, axis_name, axis=axis, tiled=tiled)
+  # Not re-exported by jax.lax: jax 0.10 names it all_gather_invariant, jax 0.12
+  # _all_gather_invariant.
+  from jax._src.lax import parallel
+  fn = getattr(parallel, "all_gather_invariant", None) or getattr(parallel, "_all_gather_invariant")
+  return fn(x, axis_name, axis=axis, tiled=tiled)
