@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 
 from handgrad._src import jaxpr as hj
+from handgrad._src import nested
 from handgrad._src.registry import defvjp
 
 
@@ -136,3 +137,16 @@ def _all_to_all_vjp(g, ans, x, *, axis_name, split_axis, concat_axis, axis_index
                     tiled):
   return (_bind("all_to_all", g, axis_name=axis_name, split_axis=concat_axis,
                 concat_axis=split_axis, axis_index_groups=axis_index_groups, tiled=tiled),)
+
+
+# Collectives JAX does not differentiate in reverse mode: an error naming the
+# convention instead of the generic missing-rule message.
+def _not_differentiated(eqn) -> str:
+  name = eqn.primitive.name
+  return (f"reverse-mode differentiation of '{name}' is not supported (nor by jax.grad: "
+          f"JAX defines no differentiation rule for it); a max or min over the members "
+          f"can be written as all_gather then a max/min reduction, which is differentiable")
+
+
+for _name in ("pmax", "pmin"):
+  nested.register(_name, unsupported=_not_differentiated)
