@@ -284,6 +284,35 @@ def pmap_flax_style_train_step():
   return _both(loss, params, x, y)
 
 
+def pmap_grad_inside_then_pmean():
+  # The flax ImageNet pattern: each device differentiates its own loss inside pmap and
+  # the gradients are averaged with pmean; here the loss itself also calls psum.
+  params = _params()
+  x = _rand(32, N, 4, 6)
+  y = jax.random.randint(jax.random.key(33), (N, 4), 0, 5)
+
+  def step(grad):
+    def body(p, x, y):
+      def loss(p):
+        local = _mlp_loss(p, x, y)
+        return local + 0.1 * lax.psum(jnp.sum(p["W1"] ** 2), "batch")
+      return lax.pmean(grad(loss)(p), axis_name="batch")
+    return jax.pmap(body, axis_name="batch", in_axes=(None, 0, 0))
+  return compare(step(hg.grad)(params, x, y), step(jax.grad)(params, x, y))
+
+
+def shard_map_grad_inside():
+  mesh = _mesh("data")
+  x, y = _rand(34, 32, 6), jax.random.randint(jax.random.key(35), (32,), 0, 5)
+
+  def step(grad):
+    def body(p, x, y):
+      return lax.pmean(grad(_mlp_loss)(p, x, y), "data")
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data"), P("data")),
+                                 out_specs=P()))
+  return compare(step(hg.grad)(_params(), x, y), step(jax.grad)(_params(), x, y))
+
+
 # --- vmap with axis_name -----------------------------------------------------------------------
 
 def vmap_collectives_inside_grad():

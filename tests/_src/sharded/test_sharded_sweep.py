@@ -12,12 +12,13 @@ import pytest
 
 from _devices8 import run_cases
 
+# One or two rules per family keep this under a minute on two cores; the full list is
+# ``python cases_sweep.py --all``.
 RULES = (
-    "exp", "log", "sin", "tanh", "logistic", "sqrt", "neg", "abs", "integer_pow",
-    "add", "sub", "mul", "div", "max", "min", "pow", "select_n", "convert_element_type",
-    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "cumsum", "cumprod",
-    "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "concatenate",
-    "dense", "relu", "log_softmax", "softmax", "layer_norm",
+    "exp", "tanh", "abs", "integer_pow", "add", "mul", "div", "max", "pow", "select_n",
+    "reduce_sum", "reduce_max", "reduce_prod", "cumsum",
+    "broadcast_in_dim", "reshape", "transpose", "expand_dims", "concatenate",
+    "dense", "relu", "log_softmax", "layer_norm",
 )
 
 
