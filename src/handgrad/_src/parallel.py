@@ -138,3 +138,41 @@ def fsdp_shardings(tree: Any, mesh: Mesh, axis: str = "data", min_size: int = 10
 def place(tree: Any, shardings: Any) -> Any:
   """``tree`` put on devices with ``shardings`` (a matching tree)."""
   return jax.tree.map(jax.device_put, tree, shardings)
+
+
+# Megatron-style tensor parallelism for handgrad.nn's transformer blocks: the
+# projections into the heads and into the feed-forward hidden layer are split by
+# columns (each device computes some heads / hidden units), the projections back by
+# rows (partial sums, one all-reduce per sub-layer); everything else is replicated.
+_COLUMN = ("attn/q", "attn/k", "attn/v", "ffn/fc1")
+_ROW = ("attn/o", "ffn/fc2")
+
+
+def megatron_shardings(params: Any, mesh: Mesh, axis: str = "model") -> Any:
+  """Tensor-parallel shardings for parameters of ``handgrad.nn`` transformer blocks
+  (paths ``…/attn/{q,k,v,o}/{W,b}``, ``…/ffn/{fc1,fc2}/{W,b}``), split along ``axis``.
+
+  Column-parallel layers (q, k, v, fc1) split ``W`` [in, out] and ``b`` [out] along
+  ``out``; row-parallel layers (o, fc2) split ``W`` along ``in`` and replicate ``b``;
+  other leaves are replicated.  The head count and the hidden size must divide by the
+  axis size (a split dimension that does not raises ``ValueError`` naming the leaf).
+  """
+  n = _axis_size(mesh, axis)
+
+  def spec(path, leaf):
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    layer, _, kind = name.rpartition("/")
+    shape = np.shape(leaf)
+    split = None
+    if any(layer.endswith(c) for c in _COLUMN):
+      split = len(shape) - 1 if kind in ("W", "b") else None
+    elif any(layer.endswith(r) for r in _ROW) and kind == "W":
+      split = 0
+    if split is None:
+      return NamedSharding(mesh, P())
+    if shape[split] % n:
+      raise ValueError(f"megatron_shardings: {name} has size {shape[split]} along the split "
+                       f"dimension {split}, not divisible by mesh axis {axis!r} of size {n}")
+    return NamedSharding(mesh, P(*([None] * split), axis))
+
+  return jax.tree_util.tree_map_with_path(spec, params)

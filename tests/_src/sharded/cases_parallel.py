@@ -88,6 +88,27 @@ def data_model_mesh_step_auto():
   return _step_on("data=4,model=2", False, False)
 
 
+def megatron_transformer_step():
+  # data=4 x model=2: batch along data, heads and hidden units along model.
+  mesh = parallel.make_mesh("data=4,model=2")
+  params = nn.transformer_block.init(32, 4, 64, key=jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (8, 6, 32))
+  target = jax.random.normal(jax.random.key(2), (8, 6, 32))
+  loss = lambda p, x, t: ops.mse(nn.transformer_block.apply(p, x, num_heads=4, causal=True), t)
+  with jax.set_mesh(mesh):
+    shardings = parallel.megatron_shardings(params, mesh)
+    p = parallel.place(params, shardings)
+    b = parallel.shard_batch((x, target), mesh)
+    hand = jax.jit(hg.grad(loss))(p, *b)
+    ref = jax.jit(jax.grad(loss))(p, *b)
+  single = jax.jit(jax.grad(loss))(params, x, target)
+  out = compare(hand, ref)
+  out["vs_one_device"] = compare(hand, single)["err"]
+  out["specs"] = {jax.tree_util.keystr(k, simple=True, separator="/"): str(tuple(v.spec))
+                  for k, v in jax.tree_util.tree_leaves_with_path(shardings)}
+  return out
+
+
 CASES = {name: fn for name, fn in dict(globals()).items()
          if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == __name__}
 

@@ -60,3 +60,14 @@ def test_hand_gradient_on_placed_values(case):
   r = run_cases(SCRIPT)[case]
   check(r, tol=1e-6)
   assert r["vs_one_device"] <= 1e-6  # float32 reduction order only
+
+
+def test_megatron_transformer_gradient():
+  r = run_cases(SCRIPT)["megatron_transformer_step"]
+  check(r, tol=1e-6)
+  assert r["vs_one_device"] <= 1e-6
+  specs = r["specs"]
+  assert specs["attn/q/W"] == "(None, 'model')" and specs["attn/q/b"] == "('model',)"
+  assert specs["attn/o/W"] == "('model',)" and specs["attn/o/b"] == "()"
+  assert specs["ffn/fc1/W"] == "(None, 'model')" and specs["ffn/fc2/W"] == "('model',)"
+  assert specs["ln1/gamma"] == "()"
