@@ -51,21 +51,18 @@ def _split_axes(axes):
 # z = Σ_members x (every member gets z):  dx = Σ_members dz  (JAX's psum-then-broadcast)
 @defvjp("psum")
 def _psum_vjp(g, ans, *xs, axes, axis_index_groups):
+  # jax 0.10 to 0.12 bind one psum per array (psum_p has a single result).
+  if len(xs) != 1:
+    raise NotImplementedError(f"psum with {len(xs)} operands in one equation is not supported")
+  x, = xs
   named, positional = _split_axes(axes)
-  gs = [g] if len(xs) == 1 else list(g)
-  out = []
-  for x, gi in zip(xs, gs):
-    if gi is None or not hj.is_float(jax.typeof(x)):
-      out.append(None)
-      continue
-    if positional:
-      # Summed array dimensions: broadcast the cotangent back along them.
-      keep = tuple(d for d in range(x.ndim) if d not in positional)
-      gi = lax.broadcast_in_dim(gi, x.shape, keep)
-    if named:
-      gi = _bind("psum", gi, axes=named, axis_index_groups=axis_index_groups)
-    out.append(gi)
-  return tuple(out)
+  if positional:
+    # Summed array dimensions: broadcast the cotangent back along them.
+    keep = tuple(d for d in range(x.ndim) if d not in positional)
+    g = lax.broadcast_in_dim(g, x.shape, keep)
+  if named:
+    g = _bind("psum", g, axes=named, axis_index_groups=axis_index_groups)
+  return (g,)
 
 
 # z = Σ_members x, invariant:  dx = pvary(dz)  (each member's x receives dz)
