@@ -247,6 +247,23 @@ def nested_partial_manual():
   return _both(loss, x)
 
 
+def shard_map_unused_output_and_integer_input():
+  # Two outputs, one unused (no cotangent reaches it); an integer input; an input that
+  # is not differentiated.
+  mesh = _mesh("d")
+  x, w, c = _rand(36, N * 2, 3), _rand(37, 3), _rand(38, N * 2, 3)
+  idx = jnp.arange(N * 2, dtype=jnp.int32)
+
+  def loss(w, x):
+    def body(w, x, c, i):
+      h = jnp.sin(x * w) * i[:, None].astype(x.dtype)
+      return lax.psum(jnp.sum(h * c), "d"), jnp.cos(x)
+    used, unused = jax.shard_map(body, mesh=mesh, in_specs=(P(), P("d"), P("d"), P("d")),
+                                 out_specs=(P(), P("d")))(w, x, c, idx)
+    return used
+  return _both(loss, w, x, argnums=(0, 1))
+
+
 # --- pmap (traced to shard_map with check_vma=False) ------------------------------------------
 
 def pmap_psum():
