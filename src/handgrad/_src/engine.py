@@ -280,7 +280,7 @@ def check_cotangents(rule_name: str, eqn, cts_in, in_active, *, cast: bool = Fal
       else:
         raise RuleError(f"VJP rule '{rule_name}' returned a cotangent of dtype {dtype} for "
                         f"argument {k}, whose dtype is {aval.dtype}{loc}")
-    out.append(ct)
+    out.append(hj.match_sharding(ct, aval))
   return out
 
 

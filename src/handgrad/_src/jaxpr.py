@@ -449,8 +449,7 @@ def primitive_names(jaxpr: Any) -> list[str]:
   return [eqn.primitive.name for eqn in unwrap(jaxpr).eqns]
 
 
-# -------------------------------------------------------------------------------------
-# Bodies of scatter and variadic reduce: which elementwise combine they compute.
+# --- scatter and variadic reduce bodies: which elementwise combine they compute ----------
 
 _COMMUTATIVE = frozenset({"add", "mul", "max", "min", "and", "or", "xor"})
 
@@ -486,8 +485,7 @@ def pairwise_ops(jaxpr: Any) -> list[str] | None:
   return names
 
 
-# -------------------------------------------------------------------------------------
-# Primitives by release.
+# --- primitives by release ---------------------------------------------------------------
 
 def has_primitive(name: str) -> bool:
   """Whether this JAX release has the primitive ``name`` (``log2`` and
@@ -497,8 +495,8 @@ def has_primitive(name: str) -> bool:
   return getattr(primitives, f"{name}_p", None) is not None
 
 
-# -------------------------------------------------------------------------------------
-# User source lines for inspection reports: the innermost frame outside JAX and
+# --- user source lines for inspection reports --------------------------------------------
+# The innermost frame outside JAX and
 # outside the given library directories (handgrad's own layers and ops).
 
 def user_frames(eqn: Any, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
@@ -517,3 +515,137 @@ def user_source_line(eqn: Any, exclude: tuple[str, ...] = ()) -> str:
   """``file:line (function)`` of the innermost frame of :func:`user_frames`, or ``""``."""
   frames = user_frames(eqn, exclude)
   return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""
+
+
+# --- collectives and shard_map -----------------------------------------------------------
+
+def collective(name: str):
+  """The primitive named ``name`` among JAX's collectives (``psum``, ``pvary``,
+  ``psum_invariant``, ``reduce_scatter``, ...), for the rules that bind a collective's
+  transpose directly: the public wrappers (``lax.psum``, ``lax.psum_scatter``) re-read
+  their arguments (axis-name trees, ``axis_index_groups`` checks, implicit ``pvary``),
+  and a transpose must bind exactly the primitive with the params it names.
+
+  jax 0.10 to 0.12 keep them in ``jax._src.lax.parallel``; ``pvary`` in ``jax._src.core``.
+  """
+  prim = _COLLECTIVES.get(name)
+  if prim is None:
+    from jax._src import core
+    from jax._src.lax import parallel
+    for module in (parallel, core):
+      for value in vars(module).values():
+        if isinstance(value, jex.Primitive) and value.name == name:
+          prim = _COLLECTIVES[name] = value
+          break
+      if prim is not None:
+        break
+  if prim is None:
+    raise NotImplementedError(f"this JAX release ({jax.__version__}) has no '{name}' primitive")
+  return prim
+
+
+_COLLECTIVES: dict[str, Any] = {}
+
+
+def varying_axes(x) -> frozenset:
+  """The manual mesh axes along which ``x`` varies inside a ``shard_map`` (its type's
+  ``vma``; empty outside a shard_map or where the type system is off).
+
+  jax 0.10 keeps them in ``aval.mat.varying``; earlier releases in ``aval.vma``.
+  """
+  return varying_axes_of_aval(jax.typeof(x))
+
+
+def shard_map_params(params) -> dict[str, Any]:
+  """A ``shard_map`` equation's params under one set of names: ``mesh``, ``body`` (an
+  open jaxpr, closed-over values passed as inputs), ``in_specs``, ``out_specs``,
+  ``check_vma``, ``axis_names`` (the axes this shard_map makes manual).
+
+  jax 0.10 to 0.12 name them ``in_specs``/``out_specs``/``check_vma``/
+  ``newly_manual_axes``; older releases ``in_names``/``out_names``/``check_rep``/
+  ``auto`` (rejected here: they hold names as dicts, not specs).
+  """
+  missing = [k for k in ("mesh", "jaxpr", "in_specs", "out_specs", "check_vma",
+                         "newly_manual_axes") if k not in params]
+  if missing:
+    raise NotImplementedError(
+        f"shard_map equation without params {missing} (JAX {jax.__version__}): "
+        "this JAX release's shard_map is not supported")
+  known = {"mesh", "jaxpr", "in_specs", "out_specs", "check_vma", "newly_manual_axes"}
+  unknown = sorted(set(params) - known)
+  if unknown:
+    raise NotImplementedError(f"shard_map param(s) {unknown} are not supported")
+  body = params["jaxpr"]
+  if getattr(body, "consts", ()):
+    raise NotImplementedError("a shard_map body with closed-over constants is not supported")
+  return dict(mesh=params["mesh"], body=unwrap(body), in_specs=tuple(params["in_specs"]),
+              out_specs=tuple(params["out_specs"]), check_vma=bool(params["check_vma"]),
+              axis_names=frozenset(params["newly_manual_axes"]))
+
+
+def zeros(aval):
+  """Zeros of ``aval``'s shape and dtype with its sharding and varying manual axes, as
+  JAX's own symbolic zeros instantiate (``zeros_like_shaped_array``): under Explicit
+  mesh axes a zero cotangent must carry its primal's sharding (``select`` and ``add``
+  reject mixed shardings), and inside a ``shard_map`` it must vary along the axes its
+  primal varies along."""
+  scalar = np.zeros((), aval.dtype)
+  sharding = getattr(aval, "sharding", None)
+  out = jax.lax.broadcast(scalar, tuple(aval.shape), out_sharding=sharding)
+  vma = tuple(sorted(varying_axes_of_aval(aval), key=str))
+  if vma:
+    out = collective("pvary").bind(out, axes=vma)
+  return out
+
+
+def varying_axes_of_aval(aval) -> frozenset:
+  """:func:`varying_axes` of an abstract value."""
+  mat = getattr(aval, "mat", None)
+  if mat is not None:
+    return frozenset(getattr(mat, "varying", ()))
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def reshard_to(x, sharding, concrete_mesh=None):
+  """``x`` moved to ``sharding`` by JAX's ``reshard`` primitive, under the sharding's
+  abstract mesh (as ``jax.sharding.reshard`` binds it; jax 0.10 to 0.12 give the
+  primitive ``dst_sharding`` and ``concrete_mesh``)."""
+  from jax._src import mesh as mesh_lib
+  from jax._src import pjit
+  with mesh_lib.use_abstract_mesh(sharding.mesh):
+    return pjit.reshard_p.bind(x, dst_sharding=sharding, concrete_mesh=concrete_mesh)
+
+
+def _explicit(sharding) -> bool:
+  mesh = getattr(sharding, "mesh", None)
+  types = getattr(mesh, "axis_types", ()) or ()
+  return any(getattr(t, "name", str(t)) == "Explicit" for t in types)
+
+
+def match_sharding(ct, aval):
+  """``ct`` with ``aval``'s sharding: under Explicit mesh axes (sharding in types) a
+  cotangent has its primal's sharding, as every JAX transpose gives it.  A rule that
+  builds a cotangent without one (a broadcast or a zeros array carrying no sharding)
+  gets it resharded here; a cotangent already sharded like its primal is returned
+  as it is, and so is everything outside Explicit axes (Auto axes, shard_map bodies)."""
+  want = getattr(aval, "sharding", None)
+  if want is None or not _explicit(want):
+    return ct
+  have = getattr(jax.typeof(ct), "sharding", None)
+  if have is not None and tuple(have.spec) == tuple(want.spec) and have.mesh == want.mesh:
+    return ct
+  return reshard_to(ct, want)
+
+
+def sharding_of(x):
+  """The sharding a cotangent of ``x`` is built with (``out_sharding=``): ``x``'s own
+  when it lives on a mesh; replicated on the current mesh for a value without one
+  inside a mesh context (as JAX's transposes place it); ``None`` without a mesh."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is not None and not mesh.empty:
+    return sharding
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return None
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*[None] * np.ndim(x)))

@@ -32,6 +32,7 @@ JAX gives it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -98,7 +99,9 @@ def _engine():
 
 
 def zeros(aval):
-  return lax.full(aval.shape, 0, aval.dtype)
+  """Zeros of ``aval``, carrying its sharding and varying manual axes (see
+  :func:`handgrad._src.jaxpr.zeros`)."""
+  return hj.zeros(aval)
 
 
 def instantiate(cts: Sequence[Any], avals: Sequence[Any]) -> list:
@@ -391,3 +394,88 @@ register("while", unsupported=(
     "jax.grad): its number of iterations is only known at run time.  Use lax.scan, "
     "or lax.fori_loop with static bounds (which becomes a scan)"))
 register(hj.HI_PRIMITIVE, unsupported=hj.hi_primitive_message)
+
+
+# --- shard_map -------------------------------------------------------------------------------
+
+def _mentioned(spec) -> set:
+  names = set()
+  for entry in spec:
+    for name in (entry if isinstance(entry, tuple) else (entry,)):
+      if name is not None:
+        names.add(name)
+  return names
+
+
+def _unmentioned(mesh, spec, axis_names) -> tuple:
+  """The manual axes ``spec`` does not split along, in mesh order."""
+  manual = axis_names or frozenset(mesh.axis_names)
+  used = _mentioned(spec)
+  return tuple(a for a in mesh.axis_names if a in manual and a not in used)
+
+
+def _ct_spec(spec):
+  """The spec of a cotangent of a value with ``spec`` (unreduced ↔ reduced swap on
+  jax ≥ 0.10; a plain spec is its own)."""
+  to_ct = getattr(spec, "to_ct_spec", None)
+  return to_ct() if to_ct is not None else spec
+
+
+def _shard_map_backward(eqn, record, args, cts, in_active):
+  """The backward of a ``shard_map`` is a ``shard_map`` of the body's hand backward
+  pass, on the same mesh and manual axes.
+
+  Its inputs are the forward's inputs (specs ``in_specs``) and the cotangents that
+  arrived (their outputs' specs); its outputs are the active inputs' cotangents, with
+  their inputs' specs.  Each shard runs the hand forward pass of its body again and
+  then the hand backward pass over it, as if the body were a ``jax.checkpoint``
+  region: no residual crosses the shard_map boundary (a residual would need a spec of
+  its own), so a shard_map costs one extra forward evaluation of its body and keeps no
+  intermediate alive between the passes.  ``jax.pmap`` traces to a ``shard_map``
+  (jax ≥ 0.10) and takes the same path.
+
+  With ``check_vma=False`` (``pmap``) the types do not say which values are
+  replicated, and JAX's convention is: an output replicated along the axes its spec
+  does not name is one copy of it, so its cotangent is divided by their size; an
+  input replicated along unnamed axes gets the sum of its copies' cotangents
+  (``psum`` over them).  With ``check_vma=True`` the body's ``pvary``/``psum_invariant``
+  equations do that themselves.
+  """
+  engine = _engine()
+  sm = hj.shard_map_params(eqn.params)
+  body, mesh, axis_names = sm["body"], sm["mesh"], sm["axis_names"]
+  check_vma = sm["check_vma"]
+  present = [ct is not None for ct in cts]
+  given = []
+  for ct, spec in zip(cts, sm["out_specs"]):
+    if ct is None:
+      continue
+    if not check_vma:
+      copies = math.prod(mesh.shape[a] for a in _unmentioned(mesh, _ct_spec(spec), axis_names))
+      if copies != 1:
+        ct = lax.div(ct, lax.convert_element_type(copies, ct.dtype))
+    given.append(ct)
+  body_avals = [v.aval for v in body.invars]
+  n = len(args)
+
+  def backward_body(*xs):
+    _, frame = engine.forward(body, [], list(xs[:n]), in_active)
+    cts_in = engine.backward(frame, _spread(xs[n:], present))
+    if not check_vma:
+      collective = hj.collective("psum")
+      for k, (ct, spec) in enumerate(zip(cts_in, sm["in_specs"])):
+        axes = _unmentioned(mesh, _ct_spec(spec), axis_names)
+        if ct is not None and axes:
+          cts_in[k] = collective.bind(ct, axes=axes, axis_index_groups=None)
+    return tuple(_active_only(cts_in, body_avals, in_active))
+
+  in_specs = (*sm["in_specs"], *[_ct_spec(s) for s, p in zip(sm["out_specs"], present) if p])
+  out_specs = tuple(_ct_spec(s) for s, a in zip(sm["in_specs"], in_active) if a)
+  with hj.backward_pass():
+    active_cts = jax.shard_map(backward_body, mesh=mesh, in_specs=in_specs,
+                               out_specs=out_specs, axis_names=axis_names,
+                               check_vma=check_vma)(*args, *given)
+  return _spread(active_cts, in_active)
+
+
+register("shard_map", backward=_shard_map_backward)

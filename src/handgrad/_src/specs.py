@@ -659,7 +659,15 @@ def rule_names(fun: Callable, *args) -> set[str]:
 
 
 def _rule_names_of(jaxpr) -> set[str]:
-  return {hj.rule_name(eqn) for eqn in hj.equations(jaxpr, descend=_plain_jit)}
+  return {hj.rule_name(eqn) for eqn in hj.equations(jaxpr, descend=_jit_or_shard_map)}
+
+
+def _jit_or_shard_map(eqn):
+  """A plain ``jit``'s body, or a ``shard_map``'s (the collectives' specs put their
+  equation in one); names only, nothing is evaluated."""
+  if eqn.primitive.name == "shard_map":
+    return hj.shard_map_params(eqn.params)["body"], []
+  return _plain_jit(eqn)
 
 
 def _failed(name: str, reference: str) -> check.CheckReport:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from handgrad._src import jaxpr as hj
 from handgrad._src.layer_ops import layer_op
 from handgrad._src.registry import defvjp
 
@@ -47,9 +48,10 @@ def _dense_vjp(dZ, z, x, W, b):
   sharding: under a mesh the batch it sums over may be sharded.
   """
   lead = _lead_axes(x)
-  dW = jnp.tensordot(x, dZ, (lead, lead), out_sharding=jax.typeof(W).sharding)
+  dW = jnp.tensordot(x, dZ, (lead, lead), out_sharding=hj.sharding_of(W))
   db = dZ.sum(lead)
-  dx = jnp.inner(dZ, W)  # dZ · Wᵀ, contracting the last axes of both
+  # dZ · Wᵀ, contracting the last axes of both (as jnp.inner does)
+  dx = jnp.tensordot(dZ, W, (dZ.ndim - 1, 1), out_sharding=hj.sharding_of(x))
   return dx, dW.astype(W.dtype), db.astype(b.dtype)
 
 
@@ -175,7 +177,11 @@ def _softmax_cross_entropy_vjp(g, outs, logits, labels):
     valid = (flat_labels >= 0) & (flat_labels < num_classes)
     # −g/batch per row (NaN where the label is out of range), placed at the label.
     minus_scale = jnp.where(valid, -g_loss / batch, jnp.nan).astype(flat_lp.dtype)
-    minus_onehot = dlogits.at[jnp.arange(batch), jnp.where(valid, flat_labels, 0)].add(minus_scale)
+    # The row indices carry the labels' sharding (a batch sharded along a mesh axis
+    # under Explicit axes: scatter indices must agree).
+    rows = jnp.arange(batch, dtype=flat_labels.dtype, out_sharding=hj.sharding_of(flat_labels))
+    minus_onehot = dlogits.at[rows, jnp.where(valid, flat_labels, 0)].add(
+        minus_scale, out_sharding=hj.sharding_of(flat_lp))
     dlogits = minus_onehot - probs * minus_scale[:, None]
   if g_log_probs is not None:
     g_lp = g_log_probs.reshape(-1, num_classes)

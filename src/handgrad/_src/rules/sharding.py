@@ -1,0 +1,20 @@
+"""Sharding casts: the cotangent goes back to the operand's sharding.
+
+``reshard`` moves a value to ``dst_sharding`` (under Explicit mesh axes the sharding
+is part of the type); its transpose moves the cotangent back to the operand's own
+sharding, read from the operand's type (``jax.typeof(x).sharding``), as JAX's
+transpose does (``jax/_src/pjit.py``).  The value is unchanged: only where it lives.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from handgrad._src import jaxpr as hj
+from handgrad._src.registry import defvjp
+
+
+# z = x stored with dst_sharding:  dx = dz stored with x's sharding
+@defvjp("reshard")
+def _reshard_vjp(g, ans, x, *, dst_sharding, concrete_mesh):
+  return (hj.reshard_to(g, jax.typeof(x).sharding, concrete_mesh),)

@@ -1,0 +1,203 @@
+"""The spec table's rules on 8 CPU devices with sharded operands: handgrad.vjp against
+jax.vjp in value and in the sharding of every input cotangent, Explicit and Auto meshes.
+
+Each spec's shape cases are scaled up (every dimension d > 1 becomes 8·d, so equal
+dimensions stay equal and broadcasting size-1 dimensions stay 1) and each operand is
+sharded along dimension ``k`` (the same ``k`` for every operand that has it, for each
+``k`` the largest operand has) over a mesh axis of 8 devices.  A configuration that
+``jax.vjp`` itself rejects (under Explicit axes some ops refuse some shardings) or whose
+function is tied to its spec's own shapes is recorded as skipped with the reason, never
+as passed.
+
+``python cases_sweep.py --quick`` runs the core families on each spec's highest-rank
+shape case (the committed test); without ``--quick`` every shape case; ``--all`` every
+spec, printing a per-rule summary too; rule names on the command line select rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+import handgrad as hg
+from handgrad._src import specs
+
+N = 8
+RTOL, ATOL = 2e-5, 2e-5  # float32: the sharded programs sum in another order
+
+#: The core families: elementwise, reductions, dot_general, broadcast/reshape/transpose.
+CORE = (
+    "exp", "log", "sin", "tanh", "logistic", "sqrt", "neg", "abs", "integer_pow",
+    "add", "sub", "mul", "div", "max", "min", "pow", "select_n", "convert_element_type",
+    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "cumsum", "cumprod",
+    "dot_general", "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims",
+    "concatenate", "reshard", "softmax_cross_entropy", "dense", "relu", "log_softmax",
+    "softmax", "layer_norm",
+)
+
+
+def _scale(shape):
+  return tuple(N * d if d > 1 else d for d in shape)
+
+
+def _spec_for(arr, k):
+  if arr.ndim > k and arr.shape[k] % N == 0 and arr.shape[k] > 0:
+    return P(*([None] * k), "x")
+  return P()
+
+
+def _out_sharding(mesh, out, kind):
+  spec = getattr(getattr(out, "sharding", None), "spec", None)
+  if kind != AxisType.Explicit or spec is None:
+    return NamedSharding(mesh, P())
+  return NamedSharding(mesh, spec)
+
+
+def _leaf_spec(x) -> str:
+  s = getattr(x, "sharding", None)
+  spec = getattr(s, "spec", None)
+  if spec is None:
+    return "?"
+  parts = tuple(spec) + (None,) * (np.ndim(x) - len(spec))
+  return str(parts)
+
+
+def _run(spec, case, k, kind):
+  """One configuration: ``(status, detail)``; status ``pass``, ``fail``, ``skip``, or
+  ``jax-wrong`` (the hand pass equals jax.vjp on one device, jax.vjp on the mesh
+  does not)."""
+  mesh = jax.make_mesh((N,), ("x",), axis_types=(kind,))
+  scaled = dataclasses.replace(spec, shapes=tuple(
+      tuple(_scale(s) for s in c) for c in spec.shapes))
+  args = scaled.sample("float32", case)
+  if not any(a.ndim > k and a.shape[k] % N == 0 and a.shape[k] > 0 for a in args):
+    return "none", ""
+  with jax.set_mesh(mesh):
+    put = [jax.device_put(a, NamedSharding(mesh, _spec_for(a, k))) for a in args]
+    floats = [i for i, a in enumerate(args) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    try:
+      out_shape = jax.eval_shape(spec.fun, *put)
+    except Exception as e:  # the spec's function is tied to its own shapes
+      return "skip", f"forward rejects the scaled shapes: {type(e).__name__}"
+    rng = np.random.default_rng(case)
+    out_leaves, out_tree = jax.tree.flatten(out_shape)
+    # Cotangents live where their outputs do (under Explicit axes jax.vjp requires it).
+    cts = [jax.device_put(np.asarray(rng.standard_normal(o.shape), o.dtype),
+                          _out_sharding(mesh, o, kind))
+           if jnp.issubdtype(o.dtype, jnp.inexact) else np.zeros(o.shape, jax.dtypes.float0)
+           for o in out_leaves]
+
+    def with_vjp(vjp_of):
+      # The cotangents are arguments of the jitted program (closed-over arrays would
+      # become constants without their sharding).
+      def program(xs, cts):
+        out, vjp = vjp_of(spec.fun, *xs)
+        return out, vjp(jax.tree.unflatten(out_tree, cts))
+      return jax.jit(program)
+
+    try:
+      ref_out, ref_cts = with_vjp(jax.vjp)(put, cts)
+    except Exception as e:
+      return "skip", f"jax.vjp rejects it too: {type(e).__name__}: {str(e)[:120]}"
+    try:
+      hand_out, hand_cts = with_vjp(hg.vjp)(put, cts)
+    except Exception as e:
+      return "fail", (f"{type(e).__name__}: {str(e)[:300]}"
+                      + (traceback.format_exc() if "--tb" in sys.argv else ""))
+  problems, jax_wrong = [], []
+  single = None
+  for i in floats:
+    h, r = hand_cts[i], ref_cts[i]
+    if not _close(h, r):
+      if single is None:  # who is right: the same vjp on one device, no mesh
+        single = with_vjp(jax.vjp)(list(args), [np.asarray(c) for c in cts])[1]
+      if _close(h, single[i]):
+        jax_wrong.append(f"arg {i}: jax.vjp on the mesh differs from jax.vjp on one device "
+                         "(max {:.3g}); the hand pass matches one device".format(
+                             np.nanmax(np.abs(np.asarray(r) - np.asarray(single[i])))))
+      else:
+        problems.append(f"arg {i}: value differs (max {np.nanmax(np.abs(np.asarray(h) - np.asarray(r))):.3g})")
+    if _leaf_spec(h) != _leaf_spec(r):
+      problems.append(f"arg {i}: sharding {_leaf_spec(h)} vs jax {_leaf_spec(r)}")
+  if problems:
+    return "fail", "; ".join(problems)
+  return ("jax-wrong", "; ".join(jax_wrong)) if jax_wrong else ("pass", "")
+
+
+def _close(h, r) -> bool:
+  return np.allclose(np.asarray(h), np.asarray(r), rtol=RTOL, atol=ATOL, equal_nan=True)
+
+
+def _largest_case(spec) -> int:
+  ranks = [max((len(s) for s in shapes), default=0) for shapes in spec.shapes]
+  return ranks.index(max(ranks))
+
+
+def _extra_specs() -> list:
+  """Shape-generic functions for rules whose table specs fix their output shapes
+  (``broadcast_in_dim``'s target shape, ``expand_dims``' result)."""
+  from jax import lax
+  S = specs.RuleSpec
+  return [
+      S("broadcast_in_dim", lambda x: lax.broadcast_in_dim(
+          lax.sin(x), (4,) + x.shape, tuple(range(1, x.ndim + 1))),
+        (((2, 3),), ((1, 3),)), label="sharded: new leading axis"),
+      S("broadcast_in_dim", lambda x: lax.broadcast_in_dim(
+          lax.sin(x), (x.shape[0], 4, x.shape[1]), (0, 2)),
+        (((2, 3),),), label="sharded: new middle axis"),
+      S("broadcast_in_dim", lambda x: lax.broadcast_in_dim(
+          lax.sin(x), (x.shape[0], 5), (0, 1)),
+        (((2, 1),),), label="sharded: size-1 axis grows"),
+      S("expand_dims", lambda x: lax.expand_dims(lax.sin(x), (1,)),
+        (((2, 3),),), label="sharded"),
+  ]
+
+
+def sweep(names=None, quick=False) -> dict:
+  """``{config id: [status, detail]}`` for every spec (of ``names``), shape case (with
+  ``quick``, only the first of the highest rank), sharded dimension and mesh kind."""
+  results = {}
+  for spec in specs.all_specs() + _extra_specs():
+    if names is not None and spec.name not in names:
+      continue
+    if "float32" not in spec.dtypes or spec.no_gradient:
+      continue
+    for case, shapes in enumerate(spec.shapes):
+      if quick and case != _largest_case(spec):
+        continue
+      rank = max((len(s) for s in shapes), default=0)
+      for k in range(rank):
+        for kind in (AxisType.Explicit, AxisType.Auto):
+          key = f"{spec.id} case{case} dim{k} {kind.name}"
+          try:
+            status, detail = _run(spec, case, k, kind)
+          except Exception as e:
+            status, detail = "fail", f"harness: {type(e).__name__}: {str(e)[:200]}"
+          if status != "none":
+            results[key] = [status, detail]
+  return results
+
+
+if __name__ == "__main__":
+  everything = "--all" in sys.argv
+  only = [a for a in sys.argv[1:] if not a.startswith("--")]
+  res = sweep(set(only) if only else None if everything else set(CORE),
+              quick="--quick" in sys.argv)
+  if everything:
+    by_rule: dict = {}
+    for key, (status, detail) in res.items():
+      by_rule.setdefault(key.split(" ")[0], []).append((status, key, detail))
+    for rule, rows in sorted(by_rule.items()):
+      counts = {s: sum(r[0] == s for r in rows) for s in ("pass", "fail", "skip", "jax-wrong")}
+      print(rule, counts, file=sys.stderr)
+      for status, key, detail in rows:
+        if status in ("fail", "jax-wrong"):
+          print("  ", status.upper(), key, detail, file=sys.stderr)
+  print(json.dumps(res))
