@@ -517,3 +517,13 @@ def user_source_line(eqn: Any, exclude: tuple[str, ...] = ()) -> str:
   """``file:line (function)`` of the innermost frame of :func:`user_frames`, or ``""``."""
   frames = user_frames(eqn, exclude)
   return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""
+
+
+# -------------------------------------------------------------------------------------
+# Trace state: whether a call runs at the top level (concrete values, no enclosing
+# jit/vmap/grad trace), where a compiled program may be cached and reused.
+
+def at_top_level() -> bool:
+  """True when no JAX transformation is tracing (eager execution)."""
+  from jax._src import core
+  return core.trace_state_clean()
