@@ -25,8 +25,9 @@ Staleness guards, checked on every call: the rule registry and the nested-jaxpr
 handlers (a rule registered later invalidates the entry), and the arrays, pytrees of
 arrays (``dict``/``list``/``tuple``) and Python scalars that the function reads from
 its closure cells and module globals, and those of the functions named there (three
-levels deep).  When one of them was rebound since the program was compiled, the key
-runs uncached from then on (each call traces afresh, as before), never a stale program.
+levels deep; library code -- ``jax``, ``numpy``, ``handgrad`` itself -- is not looked
+into).  When one of them was rebound since the program was compiled, the key runs
+uncached from then on (each call traces afresh, as before), never a stale program.
 
 Not detected (the caveat ``jax.jit`` has for every closed-over value): state reached
 through object attributes or deeper calls, and NumPy arrays mutated in place.  Pass
@@ -118,7 +119,10 @@ def _fingerprint(value, out: list) -> bool:
   elif isinstance(value, _STATIC_TYPES):
     out.append(("v", type(value), repr(value)))
   elif isinstance(value, (dict, list, tuple)):
-    leaves = jax.tree.leaves(value)
+    try:
+      leaves = jax.tree.leaves(value)
+    except Exception:  # e.g. a dict whose keys do not sort: not a pytree of arrays
+      return False
     if not any(isinstance(x, _ARRAY_TYPES + _STATIC_TYPES) for x in leaves):
       return False
     out.append(("tree", id(value), len(leaves)))  # a rebound container of another size
@@ -141,7 +145,7 @@ def _reads(fun, out: list, seen: set, depth: int) -> None:
   if isinstance(fun, types.MethodType):
     fun = fun.__func__
   fun = getattr(fun, "__wrapped__", fun)  # functools.wraps / jax.jit wrappers
-  if not isinstance(fun, types.FunctionType):
+  if not isinstance(fun, types.FunctionType) or _is_library(fun):
     return
   values = []
   for cell in fun.__closure__ or ():
@@ -158,6 +162,15 @@ def _reads(fun, out: list, seen: set, depth: int) -> None:
       _reads(v, out, seen, depth - 1)
     elif not isinstance(v, (types.ModuleType, type)):
       _fingerprint(v, out)
+
+
+_LIBRARIES = ("jax", "jaxlib", "numpy", "optax", "flax", "handgrad._src")
+
+
+def _is_library(fun) -> bool:
+  """Library functions read no user state worth guarding (and their globals are many)."""
+  module = getattr(fun, "__module__", None) or ""
+  return any(module == m or module.startswith(m + ".") for m in _LIBRARIES)
 
 
 def _guard(fun) -> tuple:
