@@ -25,6 +25,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from handgrad._src.inspect import plots
 from handgrad._src.inspect._tree import Array, PyTree, named_leaves, upcast
@@ -32,21 +33,54 @@ from handgrad._src.inspect.health import (EXPLODING_NORM, LARGE_MAX_ABS, VANISHI
                                           GradStats, check_health, to_host)
 
 
+# How many leading elements estimate the shift of the one-pass variance (below).
+_SHIFT_SAMPLE = 64
+
+
 def leaf_stats(g: Array) -> GradStats:
-  """:class:`GradStats` of one array, computed in at least float32."""
+  """:class:`GradStats` of one array, computed in at least float32.
+
+  Five independent reductions read ``g`` (``Σg``, ``Σd``, ``Σd²`` with
+  ``d = g - K``, ``Σg²`` and ``max |g|``), none waiting for another's result (the
+  two-pass ``Σ(g - mean)²`` waits for the mean): the variance is the shifted
+  one-pass formula (Chan, Golub & LeVeque) ``var = (Σd² - (Σd)²/n) / (n-1)``, exact
+  for any shift ``K``, whose rounding error grows with ``((mean - K)/std)²``; ``K``
+  is the mean of the first ``_SHIFT_SAMPLE`` finite elements (0 if none), within a
+  few standard deviations of the mean for any gradient whose first elements are
+  typical of it.  The finite fraction is 1 when ``Σg²`` is
+  finite (a NaN or inf element makes it non-finite), and is counted only otherwise,
+  under a ``lax.cond``.  A NaN or inf element shows in ``mean``/``std``/``max_abs``/``norm``
+  as in the two-pass formulas and PyTorch.
+  """
   g = upcast(jnp.asarray(g))
   n = g.size
+  dt = g.dtype
   if n == 0:
-    nan = jnp.full((), jnp.nan, g.dtype)
-    zero = jnp.zeros((), g.dtype)
-    return GradStats(nan, nan, zero, zero, jnp.ones((), g.dtype))
-  mean = jnp.mean(g)
+    nan = jnp.full((), jnp.nan, dt)
+    zero = jnp.zeros((), dt)
+    return GradStats(nan, nan, zero, zero, jnp.ones((), dt))
+  flat = jnp.reshape(g, (n,))
+  head = flat[:min(n, _SHIFT_SAMPLE)]
+  head_ok = jnp.isfinite(head)
+  count_ok = jnp.sum(head_ok.astype(dt))
+  shift = jnp.sum(jnp.where(head_ok, head, 0)) / jnp.maximum(count_ok, 1)
+  d = flat - shift
+  sum_d = jnp.sum(d)
+  sum_dd = jnp.sum(d * d)
+  sum_sq = jnp.sum(flat * flat)
+  norm = jnp.sqrt(sum_sq)
+  # Σg² is NaN exactly when an element is NaN (its terms are >= 0).  XLA:CPU's
+  # vectorised max reduction can drop a NaN of a long array, so max |g| takes it from
+  # there, as np.max and torch.max do.
+  max_abs = jnp.where(jnp.isnan(sum_sq), jnp.nan, jnp.max(jnp.abs(flat)))
+  mean = jnp.sum(flat) / n  # as jnp.mean: K + Σd/n would round Σd's cancellation
   # ddof=1 as in torch.Tensor.std(); with one element the 0/0 is NaN, as in PyTorch.
-  std = jnp.sqrt(jnp.sum(jnp.square(g - mean)) / (n - 1)) if n > 1 else jnp.full(
-      (), jnp.nan, g.dtype)
-  max_abs = jnp.max(jnp.abs(g))
-  norm = jnp.sqrt(jnp.sum(jnp.square(g)))
-  finite = jnp.mean(jnp.isfinite(g).astype(g.dtype))
+  # Rounding can make the difference slightly negative for constant data: clamp at 0
+  # (the clamp keeps NaN).
+  std = (jnp.sqrt(jnp.maximum(sum_dd - sum_d * sum_d / n, 0) / (n - 1)) if n > 1
+         else jnp.full((), jnp.nan, dt))
+  finite = lax.cond(jnp.isfinite(sum_sq), lambda x: jnp.ones((), dt),
+                    lambda x: jnp.mean(jnp.isfinite(x).astype(dt)), flat)
   return GradStats(mean, std, max_abs, norm, finite)
 
 
@@ -64,6 +98,35 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
     A dict from parameter path to its :class:`GradStats`.
   """
   return {path: leaf_stats(g) for path, g in named_leaves(grads)}
+
+
+def gradient_stats_every(grads: PyTree, step: Array, every: int) -> dict[str, GradStats]:
+  """:func:`gradient_stats` on steps ``step % every == 0``, NaN statistics otherwise.
+
+  For a jitted training step that monitors one step in ``every``: the choice is made
+  on the device with ``lax.cond``, so the statistics cost nothing on the other steps
+  and the step compiles once.  Call it in the step in place of ``gradient_stats``::
+
+    metrics["grad_stats"] = gradient_stats_every(grads, state.step, every)
+
+  and log only the monitored steps (``GradientMonitor.log`` when
+  ``step % every == 0``).
+
+  Args:
+    grads: the gradient pytree.
+    step: the step counter, an integer scalar (traced inside ``jit``).
+    every: monitor one step in ``every`` (``every=1``: every step, no ``cond``).
+  """
+  if every < 1:
+    raise ValueError(f"gradient_stats_every needs every >= 1, got {every}")
+  if every == 1:
+    return gradient_stats(grads)
+  shapes = jax.eval_shape(gradient_stats, grads)
+
+  def skipped(_):
+    return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+  return lax.cond(jnp.asarray(step) % every == 0, gradient_stats, skipped, grads)
 
 
 # --- history -------------------------------------------------------------------------
