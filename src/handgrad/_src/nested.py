@@ -295,8 +295,8 @@ class ScanRecord:
 
 @dataclasses.dataclass
 class _SavingBody:
-  """A scan body ``jax.checkpoint(f, policy=p)`` with a policy that saves something:
-  the checkpoint's own jaxpr, run with ``p`` per iteration (see :func:`_saving_body`)."""
+  """A scan body ``jax.checkpoint(f, policy=p)``: the checkpoint's own jaxpr, run with
+  ``p`` per iteration (see :func:`_saving_body`)."""
   jaxpr: Any
   n_body_consts: int
   policy: Any
@@ -311,13 +311,15 @@ def _saving_body(body) -> _SavingBody | None:
   iteration, the values that policy saves, as ``jax.grad`` does with that body: with
   ``jax.checkpoint_policies.everything_saveable`` nothing is recomputed (jax.grad's
   time and memory); ``dots_saveable`` keeps the matrix products, and so on.  A region
-  without a policy (``jax.checkpoint``'s default: save nothing) is the default.
+  without a policy (``jax.checkpoint``'s default: save nothing) saves nothing: the
+  default, with the region's own jaxpr run in place (so that the region is not
+  recomputed a second time inside the recomputed iteration).
   """
   open_body = hj.unwrap(body)
   if len(open_body.eqns) != 1:
     return None
   eqn = open_body.eqns[0]
-  if not hj.is_checkpoint(eqn) or eqn.params.get("policy") is None:
+  if not hj.is_checkpoint(eqn):
     return None
   constvars, invars = hj.input_vars(open_body, len(body.consts))
   if (list(eqn.invars) != [*constvars, *invars] or
