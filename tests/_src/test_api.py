@@ -295,6 +295,8 @@ def test_eager_has_aux_argnums_and_kwargs():
       got = hg.grad(f, (0, 1), has_aux=True)(a, b, k=k)
       want = jax.grad(f, (0, 1), has_aux=True)(a, b, k=k)
       chex.assert_trees_all_close(got, want)
+      chex.assert_trees_all_close(hg.grad(f, [1, 0], has_aux=True)(a, b, k=k),
+                                  jax.grad(f, [1, 0], has_aux=True)(a, b, k=k))
 
 
 def test_eager_cache_sees_a_rule_registered_later():

@@ -177,8 +177,8 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
   def value_and_grad_fun(*args, **kwargs):
     nums = _argnums_tuple(argnums, len(args))
     _check_inexact(tuple(args[n] for n in nums))
-    return eager.call(fun, ("value_and_grad", argnums, has_aux), args, kwargs, nums,
-                      compute)
+    tag = ("value_and_grad", nums, isinstance(argnums, int), has_aux)
+    return eager.call(fun, tag, args, kwargs, nums, compute)
 
   def compute(f, args, kwargs):
     traced, _ = traced_for_argnums(f, args, kwargs, argnums, has_aux)

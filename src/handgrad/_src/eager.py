@@ -18,8 +18,8 @@ The key of a compiled program:
 
 Array arguments that are not differentiated become inputs of the compiled program
 (tracers while it is traced, as under ``jax.jit``).  When the function needs one of
-them concretely (Python control flow on its value, ``np.asarray``), the call runs
-uncached instead, and so does every later call with that key.
+them as a concrete value (``np.asarray(y)``, say, which the uncached path allows), the
+call runs uncached instead, and so does every later call with that key.
 
 Staleness guards, checked on every call: the rule registry and the nested-jaxpr
 handlers (a rule registered later invalidates the entry), and the arrays, pytrees of
