@@ -33,24 +33,25 @@ from handgrad._src.inspect.health import (EXPLODING_NORM, LARGE_MAX_ABS, VANISHI
                                           GradStats, check_health, to_host)
 
 
-# How many leading elements estimate the shift of the one-pass variance (below).
-_SHIFT_SAMPLE = 64
+# The one-pass variance is kept when Σ(g - mean)² is at least this fraction of Σg²
+# (|mean| below about 10 standard deviations); otherwise it is recomputed in two passes.
+_ONE_PASS_MIN = 1e-2
 
 
 def leaf_stats(g: Array) -> GradStats:
   """:class:`GradStats` of one array, computed in at least float32.
 
-  Five independent reductions read ``g`` (``Σg``, ``Σd``, ``Σd²`` with
-  ``d = g - K``, ``Σg²`` and ``max |g|``), none waiting for another's result (the
-  two-pass ``Σ(g - mean)²`` waits for the mean): the variance is the shifted
-  one-pass formula (Chan, Golub & LeVeque) ``var = (Σd² - (Σd)²/n) / (n-1)``, exact
-  for any shift ``K``, whose rounding error grows with ``((mean - K)/std)²``; ``K``
-  is the mean of the first ``_SHIFT_SAMPLE`` finite elements (0 if none), within a
-  few standard deviations of the mean for any gradient whose first elements are
-  typical of it.  The finite fraction is 1 when ``Σg²`` is
-  finite (a NaN or inf element makes it non-finite), and is counted only otherwise,
-  under a ``lax.cond``.  A NaN or inf element shows in ``mean``/``std``/``max_abs``/``norm``
-  as in the two-pass formulas and PyTorch.
+  Three independent reductions read ``g``: ``Σg``, ``Σg²`` and ``max |g|``; the
+  statistics are arithmetic on them.  The variance is the one-pass
+  ``Σ(g - mean)² = Σg² - mean·Σg``, whose rounding error is about
+  ``eps·Σg²``; when that sum is less than ``_ONE_PASS_MIN`` of ``Σg²`` (a gradient
+  whose mean is large against its spread) a ``lax.cond`` recomputes it in two passes,
+  so ``std`` is within about ``1e-5`` relative of the two-pass value in every case.
+  The finite fraction is 1 when ``Σg²`` is finite (a NaN or inf element makes it
+  non-finite) and is counted, under a ``lax.cond``, only otherwise.  A NaN or inf
+  element shows in ``mean``/``std``/``max_abs``/``norm`` as in PyTorch; ``max_abs`` is
+  NaN when an element is (XLA:CPU's vectorised max reduction can drop a NaN of a long
+  array; ``Σg²`` cannot: its terms are >= 0).
   """
   g = upcast(jnp.asarray(g))
   n = g.size
@@ -60,26 +61,23 @@ def leaf_stats(g: Array) -> GradStats:
     zero = jnp.zeros((), dt)
     return GradStats(nan, nan, zero, zero, jnp.ones((), dt))
   flat = jnp.reshape(g, (n,))
-  head = flat[:min(n, _SHIFT_SAMPLE)]
-  head_ok = jnp.isfinite(head)
-  count_ok = jnp.sum(head_ok.astype(dt))
-  shift = jnp.sum(jnp.where(head_ok, head, 0)) / jnp.maximum(count_ok, 1)
-  d = flat - shift
-  sum_d = jnp.sum(d)
-  sum_dd = jnp.sum(d * d)
+  total = jnp.sum(flat)
   sum_sq = jnp.sum(flat * flat)
-  norm = jnp.sqrt(sum_sq)
-  # Σg² is NaN exactly when an element is NaN (its terms are >= 0).  XLA:CPU's
-  # vectorised max reduction can drop a NaN of a long array, so max |g| takes it from
-  # there, as np.max and torch.max do.
   max_abs = jnp.where(jnp.isnan(sum_sq), jnp.nan, jnp.max(jnp.abs(flat)))
-  mean = jnp.sum(flat) / n  # as jnp.mean: K + Σd/n would round Σd's cancellation
-  # ddof=1 as in torch.Tensor.std(); with one element the 0/0 is NaN, as in PyTorch.
-  # Rounding can make the difference slightly negative for constant data: clamp at 0
-  # (the clamp keeps NaN).
-  std = (jnp.sqrt(jnp.maximum(sum_dd - sum_d * sum_d / n, 0) / (n - 1)) if n > 1
-         else jnp.full((), jnp.nan, dt))
-  finite = lax.cond(jnp.isfinite(sum_sq), lambda x: jnp.ones((), dt),
+  mean = total / n
+  norm = jnp.sqrt(sum_sq)
+  finite_sums = jnp.isfinite(sum_sq)
+  if n > 1:
+    one_pass = sum_sq - total * mean
+    keep = (one_pass >= _ONE_PASS_MIN * sum_sq) | ~finite_sums
+    centred = lax.cond(keep, lambda x: one_pass,
+                       lambda x: jnp.sum(jnp.square(x - jnp.mean(x))), flat)
+    # ddof=1 as in torch.Tensor.std(); with one element the 0/0 is NaN, as in PyTorch.
+    # The clamp (which keeps NaN) guards a rounding below 0 for constant data.
+    std = jnp.sqrt(jnp.maximum(centred, 0) / (n - 1))
+  else:
+    std = jnp.full((), jnp.nan, dt)
+  finite = lax.cond(finite_sums, lambda x: jnp.ones((), dt),
                     lambda x: jnp.mean(jnp.isfinite(x).astype(dt)), flat)
   return GradStats(mean, std, max_abs, norm, finite)
 
