@@ -9,6 +9,8 @@ the updated parameters:
   finiteness count per leaf, written out here for comparison);
 * ``stats``: plus ``handgrad.inspect.gradient_stats`` (independent reductions, the
   finiteness count only under a ``lax.cond`` when something is not finite);
+* ``floor: one Σg² per leaf``: plus a single reduction per leaf, the least any
+  statistic of every gradient element costs (one read of the gradients);
 * ``stats every 10``: plus ``gradient_stats_every(grads, step, 10)`` (a ``lax.cond``
   on the step counter; the figure is the mean over 10 consecutive steps);
 * ``stats every 10, separate step``: the plain step on 9 steps in 10 and the ``stats``
@@ -96,6 +98,8 @@ def steps():
       "plain": plain,
       "stats two-pass": with_stats(lambda g, s: two_pass_stats(g)),
       "stats": with_stats(lambda g, s: hgi.gradient_stats(g)),
+      "floor: one Σg² per leaf": with_stats(
+          lambda g, s: [jnp.sum(x * x) for x in jax.tree.leaves(g)]),
       f"stats every {EVERY}": with_stats(lambda g, s: monitor.gradient_stats_every(g, s, EVERY)),
       f"stats every {EVERY}, separate step": (plain, with_stats(lambda g, s: hgi.gradient_stats(g))),
       "trace wrt_inputs=False": with_trace(False),
@@ -134,7 +138,7 @@ def main(argv=None):
   parser.add_argument("--no-write", action="store_true")
   parser.add_argument("--batch", type=int, default=128)
   args = parser.parse_args(argv)
-  repeats = 7 if args.quick else 31
+  repeats = 7 if args.quick else 61
   kp, kx, ky = jax.random.split(jax.random.key(0), 3)
   params = init_mlp(kp)
   x = jax.random.normal(kx, (args.batch, 784))
