@@ -258,3 +258,24 @@ def test_gradient_stats_every_runs_on_monitored_steps_only():
   chex.assert_trees_all_close(gradient_stats_every(grads, 5, 1), want)
   with pytest.raises(ValueError, match="every >= 1"):
     gradient_stats_every(grads, 0, 0)
+
+
+def test_every_k_steps_alternates_two_compiled_steps():
+  from handgrad._src.inspect.monitor import EveryKSteps
+  calls = []
+  plain = lambda s, x: (calls.append("p"), s + x)[1]
+  monitored = lambda s, x: (calls.append("m"), s + x)[1]
+  step = EveryKSteps(plain, monitored, 3)
+  state = 0
+  flags = []
+  for _ in range(7):
+    state = step(state, 1)
+    flags.append(step.last_monitored)
+  assert state == 7 and "".join(calls) == "mppmppm" and flags[0] and not flags[1]
+  assert "".join(calls[-2:]) == "pm"
+  resumed = EveryKSteps(plain, monitored, 3, start=4)
+  calls.clear()
+  resumed(0, 1), resumed(0, 1), resumed(0, 1)
+  assert "".join(calls) == "ppm"
+  with pytest.raises(ValueError, match="every >= 1"):
+    EveryKSteps(plain, monitored, 0)

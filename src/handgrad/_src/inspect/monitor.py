@@ -127,6 +127,36 @@ def gradient_stats_every(grads: PyTree, step: Array, every: int) -> dict[str, Gr
   return lax.cond(jnp.asarray(step) % every == 0, gradient_stats, skipped, grads)
 
 
+class EveryKSteps:
+  """Runs ``monitored`` on one call in ``every`` and ``plain`` on the others.
+
+  The host-side choice between two compiled steps: the statistics cost nothing on
+  the ``every - 1`` unmonitored steps, and the plain step keeps its own compiled
+  program (measured against ``gradient_stats_every``'s in-step ``lax.cond`` in
+  ``bench/diagnostics.py``: this measures better on XLA:CPU).  Both steps must take
+  and return the same state; ``monitored`` returns the statistics in its metrics.
+
+  Args:
+    plain, monitored: the two steps (``jax.jit``-ed), ``step(state, *args)``.
+    every: monitor one call in ``every``; the first call (``start=0``) is monitored.
+    start: the index of the next call (to resume a run).
+
+  ``last_monitored`` says whether the latest call ran ``monitored``.
+  """
+
+  def __init__(self, plain: Callable, monitored: Callable, every: int, start: int = 0):
+    if every < 1:
+      raise ValueError(f"EveryKSteps needs every >= 1, got {every}")
+    self.plain, self.monitored, self.every = plain, monitored, every
+    self.count = int(start)
+    self.last_monitored = False
+
+  def __call__(self, state, *args):
+    self.last_monitored = self.count % self.every == 0
+    self.count += 1
+    return (self.monitored if self.last_monitored else self.plain)(state, *args)
+
+
 # --- history -------------------------------------------------------------------------
 
 class GradientMonitor:
