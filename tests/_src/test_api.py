@@ -310,3 +310,13 @@ def test_eager_cache_sees_a_rule_registered_later():
   finally:
     registry._RULES["sin"] = saved
   np.testing.assert_allclose(hg.grad(f)(x), jnp.cos(x), rtol=1e-6)
+
+
+def test_eager_closures_made_per_call_stop_compiling():
+  x = jnp.arange(3.0)
+  traces = eager.stats.traces
+  for k in range(2 * eager.MAX_FUNCTIONS_PER_CODE + 2):
+    w = jnp.full(3, float(k))
+    got = hg.grad(lambda v: jnp.sum(jnp.sin(w * v)))(x)
+    np.testing.assert_allclose(got, w * jnp.cos(w * x), rtol=1e-6)
+  assert eager.stats.traces - traces <= eager.MAX_FUNCTIONS_PER_CODE

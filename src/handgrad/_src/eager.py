@@ -34,6 +34,12 @@ through object attributes or deeper calls, and NumPy arrays mutated in place.  P
 such values as arguments, or turn the cache off with :func:`disable` /
 ``HANDGRAD_EAGER_CACHE=0``.  Side effects of the function (``print``) happen when it
 is traced, i.e. on the first call of each signature, as under ``jax.jit``.
+
+A function object made afresh for every call (a ``lambda`` closing over the batch,
+built inside the loop) would compile a program per call: after
+``MAX_FUNCTIONS_PER_CODE`` function objects with the same code have been cached,
+further ones run uncached (traced on every call, as without the cache).  Define the
+function once, with the batch as an argument, to get the compiled path.
 """
 
 from __future__ import annotations
@@ -184,6 +190,28 @@ def _same_guard(a: tuple, b: tuple) -> bool:
                                   for x, y in zip(a, b))
 
 
+# --- functions made afresh for every call ------------------------------------------------
+
+# A loop that builds a new closure for every call (``hg.grad(lambda p: loss(p, batch))``)
+# would compile a program per iteration.  After this many function objects sharing one
+# code object have been cached, further ones with that code run uncached.
+MAX_FUNCTIONS_PER_CODE = 3
+_CODE_COUNTS: dict = {}
+
+
+def _may_compile(fun) -> bool:
+  code = getattr(getattr(fun, "__func__", fun), "__code__", None)
+  if code is None:
+    return True
+  count = _CODE_COUNTS.get(code, 0)
+  if count >= MAX_FUNCTIONS_PER_CODE:
+    return False
+  if len(_CODE_COUNTS) > 4096:  # bounded: forget old code objects
+    _CODE_COUNTS.clear()
+  _CODE_COUNTS[code] = count + 1
+  return True
+
+
 # --- the cached call ---------------------------------------------------------------------
 
 def _split(args: tuple, kwargs: dict, diff: tuple[int, ...]):
@@ -223,7 +251,7 @@ def call(fun: Callable, tag: tuple, args: tuple, kwargs: dict, diff: tuple[int, 
   split = _split(args, kwargs, diff)
   try:
     table = _CACHE.get(fun) if split is not None else None
-    if table is None and split is not None:
+    if table is None and split is not None and _may_compile(fun):
       table = _CACHE.setdefault(fun, {})
   except TypeError:  # not weakly referenceable or not hashable
     table = None
