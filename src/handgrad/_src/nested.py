@@ -310,7 +310,11 @@ def _saving_body(body) -> _SavingBody | None:
   body).  A body that is one ``jax.checkpoint`` region with a ``policy`` keeps, per
   iteration, the values that policy saves, as ``jax.grad`` does with that body: with
   ``jax.checkpoint_policies.everything_saveable`` nothing is recomputed (jax.grad's
-  time and memory); ``dots_saveable`` keeps the matrix products, and so on.  A region
+  time and memory); ``dots_saveable`` keeps the matrix products, and so on.  Measured
+  on a tanh RNN training step (``bench/scan.py``, CPU, H=256, T=32 to 512): the
+  default takes 1.09–1.27× jax.grad's time at 0.35–0.41× its temp memory (the same
+  time and memory as jax.grad with a checkpointed body); ``everything_saveable`` takes
+  0.95–1.05× jax.grad's time at 0.68–0.70× its memory.  A region
   without a policy (``jax.checkpoint``'s default: save nothing) saves nothing: the
   default, with the region's own jaxpr run in place (so that the region is not
   recomputed a second time inside the recomputed iteration).
