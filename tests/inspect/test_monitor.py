@@ -1,5 +1,6 @@
 """gradient_stats against numpy on jax.grad gradients; health rules; history; the plot."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -211,3 +212,70 @@ def test_health_imports_nothing_above_it():
     names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [n for n in names if n and any(n.endswith("." + b) for b in banned)], names
+
+
+def test_fused_stats_match_two_pass_references():
+  key = jax.random.key(3)
+  cases = {"normal": jax.random.normal(key, (300, 70)),
+           "offset": 1e3 + jax.random.normal(key, (5000,)),  # large mean: shift matters
+           "outlier_first": jnp.zeros(50_000).at[0].set(1e6),
+           "constant": jnp.full((4097,), 0.1),
+           "tiny": jnp.array([2.0, -1.0]),
+           "bf16": jax.random.normal(key, (64, 33)).astype(jnp.bfloat16)}
+  for name, g in cases.items():
+    for fn in (hgi.gradient_stats, jax.jit(hgi.gradient_stats)):
+      s = fn({"g": g})["g"]
+      x = np.asarray(g, np.float64)
+      np.testing.assert_allclose(s.mean, x.mean(), rtol=1e-5, atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(s.std, x.std(ddof=1), rtol=1e-4, atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(s.max_abs, np.abs(x).max(), rtol=1e-6, err_msg=name)
+      np.testing.assert_allclose(s.norm, np.sqrt((x * x).sum()), rtol=1e-5, err_msg=name)
+      assert float(s.finite_fraction) == 1.0
+
+
+def test_nan_in_a_long_gradient_shows_in_max_abs_and_finite_fraction():
+  g = jnp.ones(100_000).at[3].set(jnp.nan).at[7].set(-jnp.inf)
+  for fn in (hgi.gradient_stats, jax.jit(hgi.gradient_stats)):
+    s = fn({"g": g})["g"]
+    assert np.isnan(float(s.max_abs)) and np.isnan(float(s.norm))
+    np.testing.assert_allclose(s.finite_fraction, 1 - 2 / 100_000, rtol=1e-7)
+  s = hgi.gradient_stats({"g": jnp.ones(1000).at[5].set(jnp.inf)})["g"]
+  assert float(s.max_abs) == np.inf and float(s.norm) == np.inf
+  np.testing.assert_allclose(s.finite_fraction, 0.999, rtol=1e-7)
+
+
+def test_gradient_stats_every_runs_on_monitored_steps_only():
+  from handgrad._src.inspect.monitor import gradient_stats_every
+  grads = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  f = jax.jit(gradient_stats_every, static_argnums=2)
+  want = hgi.gradient_stats(grads)
+  for step in range(4):
+    got = f(grads, jnp.int32(step), 2)
+    if step % 2 == 0:
+      chex.assert_trees_all_close(got, want)
+    else:
+      assert all(np.isnan(float(v)) for v in jax.tree.leaves(got))
+  chex.assert_trees_all_close(gradient_stats_every(grads, 5, 1), want)
+  with pytest.raises(ValueError, match="every >= 1"):
+    gradient_stats_every(grads, 0, 0)
+
+
+def test_every_k_steps_alternates_two_compiled_steps():
+  from handgrad._src.inspect.monitor import EveryKSteps
+  calls = []
+  plain = lambda s, x: (calls.append("p"), s + x)[1]
+  monitored = lambda s, x: (calls.append("m"), s + x)[1]
+  step = EveryKSteps(plain, monitored, 3)
+  state = 0
+  flags = []
+  for _ in range(7):
+    state = step(state, 1)
+    flags.append(step.last_monitored)
+  assert state == 7 and "".join(calls) == "mppmppm" and flags[0] and not flags[1]
+  assert "".join(calls[-2:]) == "pm"
+  resumed = EveryKSteps(plain, monitored, 3, start=4)
+  calls.clear()
+  resumed(0, 1), resumed(0, 1), resumed(0, 1)
+  assert "".join(calls) == "ppm"
+  with pytest.raises(ValueError, match="every >= 1"):
+    EveryKSteps(plain, monitored, 0)

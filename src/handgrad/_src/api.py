@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from handgrad._src import eager
 from handgrad._src import engine
 from handgrad._src import jaxpr as hj
 from handgrad._src.types import PyTree
@@ -161,11 +162,26 @@ def traced_for_argnums(fun: Callable, args: tuple, kwargs: dict, argnums,
 
 
 def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
-  """Like ``jax.value_and_grad``: returns ``(value, grad)`` or ``((value, aux), grad)``."""
+  """Like ``jax.value_and_grad``: returns ``(value, grad)`` or ``((value, aux), grad)``.
+
+  Called eagerly (concrete arguments, outside ``jit``/``vmap``), the traced forward
+  and backward are compiled once per call signature and reused (see
+  :mod:`handgrad._src.eager` for the key and its guards); under a transformation it
+  traces inline, as ``jax.value_and_grad`` does.  As under ``jax.jit``, a repeated
+  call does not re-run the function's Python code, so its side effects happen once
+  per signature, and state the function reads other than its arguments (closure cells
+  and globals are checked; object attributes are not) must not change between calls.
+  """
 
   @functools.wraps(fun)
   def value_and_grad_fun(*args, **kwargs):
-    traced, _ = traced_for_argnums(fun, args, kwargs, argnums, has_aux)
+    nums = _argnums_tuple(argnums, len(args))
+    _check_inexact(tuple(args[n] for n in nums))
+    tag = ("value_and_grad", nums, isinstance(argnums, int), has_aux)
+    return eager.call(fun, tag, args, kwargs, nums, compute)
+
+  def compute(f, args, kwargs):
+    traced, _ = traced_for_argnums(f, args, kwargs, argnums, has_aux)
     out = traced.out
     _check_scalar(out)
     g = traced.vjp(lax.full((), 1, jnp.result_type(out)))

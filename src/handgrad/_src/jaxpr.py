@@ -649,3 +649,13 @@ def sharding_of(x):
   if mesh.empty:
     return None
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*[None] * np.ndim(x)))
+
+
+# --- trace state -------------------------------------------------------------------------
+# Whether a call runs at the top level (concrete values, no enclosing
+# jit/vmap/grad trace), where a compiled program may be cached and reused.
+
+def at_top_level() -> bool:
+  """True when no JAX transformation is tracing (eager execution)."""
+  from jax._src import core
+  return core.trace_state_clean()

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from handgrad._src.inspect import plots
 from handgrad._src.inspect._tree import Array, PyTree, named_leaves, upcast
@@ -32,21 +33,52 @@ from handgrad._src.inspect.health import (EXPLODING_NORM, LARGE_MAX_ABS, VANISHI
                                           GradStats, check_health, to_host)
 
 
+# The one-pass variance is kept when Σ(g - mean)² is at least this fraction of Σg²
+# (|mean| below about 10 standard deviations); otherwise it is recomputed in two passes.
+_ONE_PASS_MIN = 1e-2
+
+
 def leaf_stats(g: Array) -> GradStats:
-  """:class:`GradStats` of one array, computed in at least float32."""
+  """:class:`GradStats` of one array, computed in at least float32.
+
+  Three independent reductions read ``g``: ``Σg``, ``Σg²`` and ``max |g|``; the
+  statistics are arithmetic on them.  The variance is the one-pass
+  ``Σ(g - mean)² = Σg² - mean·Σg``, whose rounding error is about
+  ``eps·Σg²``; when that sum is less than ``_ONE_PASS_MIN`` of ``Σg²`` (a gradient
+  whose mean is large against its spread) a ``lax.cond`` recomputes it in two passes,
+  so ``std`` is within about ``1e-5`` relative of the two-pass value in every case.
+  The finite fraction is 1 when ``Σg²`` is finite (a NaN or inf element makes it
+  non-finite) and is counted, under a ``lax.cond``, only otherwise.  A NaN or inf
+  element shows in ``mean``/``std``/``max_abs``/``norm`` as in PyTorch; ``max_abs`` is
+  NaN when an element is (XLA:CPU's vectorised max reduction can drop a NaN of a long
+  array; ``Σg²`` cannot: its terms are >= 0).
+  """
   g = upcast(jnp.asarray(g))
   n = g.size
+  dt = g.dtype
   if n == 0:
-    nan = jnp.full((), jnp.nan, g.dtype)
-    zero = jnp.zeros((), g.dtype)
-    return GradStats(nan, nan, zero, zero, jnp.ones((), g.dtype))
-  mean = jnp.mean(g)
-  # ddof=1 as in torch.Tensor.std(); with one element the 0/0 is NaN, as in PyTorch.
-  std = jnp.sqrt(jnp.sum(jnp.square(g - mean)) / (n - 1)) if n > 1 else jnp.full(
-      (), jnp.nan, g.dtype)
-  max_abs = jnp.max(jnp.abs(g))
-  norm = jnp.sqrt(jnp.sum(jnp.square(g)))
-  finite = jnp.mean(jnp.isfinite(g).astype(g.dtype))
+    nan = jnp.full((), jnp.nan, dt)
+    zero = jnp.zeros((), dt)
+    return GradStats(nan, nan, zero, zero, jnp.ones((), dt))
+  flat = jnp.reshape(g, (n,))
+  total = jnp.sum(flat)
+  sum_sq = jnp.sum(flat * flat)
+  max_abs = jnp.where(jnp.isnan(sum_sq), jnp.nan, jnp.max(jnp.abs(flat)))
+  mean = total / n
+  norm = jnp.sqrt(sum_sq)
+  finite_sums = jnp.isfinite(sum_sq)
+  if n > 1:
+    one_pass = sum_sq - total * mean
+    keep = (one_pass >= _ONE_PASS_MIN * sum_sq) | ~finite_sums
+    centred = lax.cond(keep, lambda x: one_pass,
+                       lambda x: jnp.sum(jnp.square(x - jnp.mean(x))), flat)
+    # ddof=1 as in torch.Tensor.std(); with one element the 0/0 is NaN, as in PyTorch.
+    # The clamp (which keeps NaN) guards a rounding below 0 for constant data.
+    std = jnp.sqrt(jnp.maximum(centred, 0) / (n - 1))
+  else:
+    std = jnp.full((), jnp.nan, dt)
+  finite = lax.cond(finite_sums, lambda x: jnp.ones((), dt),
+                    lambda x: jnp.mean(jnp.isfinite(x).astype(dt)), flat)
   return GradStats(mean, std, max_abs, norm, finite)
 
 
@@ -64,6 +96,65 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
     A dict from parameter path to its :class:`GradStats`.
   """
   return {path: leaf_stats(g) for path, g in named_leaves(grads)}
+
+
+def gradient_stats_every(grads: PyTree, step: Array, every: int) -> dict[str, GradStats]:
+  """:func:`gradient_stats` on steps ``step % every == 0``, NaN statistics otherwise.
+
+  For a jitted training step that monitors one step in ``every``: the choice is made
+  on the device with ``lax.cond``, so the statistics cost nothing on the other steps
+  and the step compiles once.  Call it in the step in place of ``gradient_stats``::
+
+    metrics["grad_stats"] = gradient_stats_every(grads, state.step, every)
+
+  and log only the monitored steps (``GradientMonitor.log`` when
+  ``step % every == 0``).
+
+  Args:
+    grads: the gradient pytree.
+    step: the step counter, an integer scalar (traced inside ``jit``).
+    every: monitor one step in ``every`` (``every=1``: every step, no ``cond``).
+  """
+  if every < 1:
+    raise ValueError(f"gradient_stats_every needs every >= 1, got {every}")
+  if every == 1:
+    return gradient_stats(grads)
+  shapes = jax.eval_shape(gradient_stats, grads)
+
+  def skipped(_):
+    return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+  return lax.cond(jnp.asarray(step) % every == 0, gradient_stats, skipped, grads)
+
+
+class EveryKSteps:
+  """Runs ``monitored`` on one call in ``every`` and ``plain`` on the others.
+
+  The host-side choice between two compiled steps: the statistics cost nothing on
+  the ``every - 1`` unmonitored steps, and the plain step keeps its own compiled
+  program (measured against ``gradient_stats_every``'s in-step ``lax.cond`` in
+  ``bench/diagnostics.py``: this measures better on XLA:CPU).  Both steps must take
+  and return the same state; ``monitored`` returns the statistics in its metrics.
+
+  Args:
+    plain, monitored: the two steps (``jax.jit``-ed), ``step(state, *args)``.
+    every: monitor one call in ``every``; the first call (``start=0``) is monitored.
+    start: the index of the next call (to resume a run).
+
+  ``last_monitored`` says whether the latest call ran ``monitored``.
+  """
+
+  def __init__(self, plain: Callable, monitored: Callable, every: int, start: int = 0):
+    if every < 1:
+      raise ValueError(f"EveryKSteps needs every >= 1, got {every}")
+    self.plain, self.monitored, self.every = plain, monitored, every
+    self.count = int(start)
+    self.last_monitored = False
+
+  def __call__(self, state, *args):
+    self.last_monitored = self.count % self.every == 0
+    self.count += 1
+    return (self.monitored if self.last_monitored else self.plain)(state, *args)
 
 
 # --- history -------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def _evaluate(graph, jaxpr, consts, args, path, vals, frame=None):
 
   for i, eqn in enumerate(jaxpr.eqns):
     invals = [read(v) for v in eqn.invars]
-    nested = trace_mod.inner_jaxpr(eqn)
+    nested = jaxpr_util.inline_body(eqn)
     p = path + (i,)
     if nested is not None:
       inner, inner_consts = nested
@@ -244,7 +244,7 @@ def _evaluate(graph, jaxpr, consts, args, path, vals, frame=None):
         inner_consts = [child.env[v] for v in inner.constvars]
       else:
         child = None
-      with engine._context(eqn):
+      with jaxpr_util.eqn_context(eqn):
         outs = _evaluate(graph, inner, inner_consts, invals, p, vals, child)
     else:
       if frame is not None and i in frame.outs:
@@ -531,7 +531,7 @@ def find_nonfinite(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
   if phase == "backward":
     out_avals = [v.aval for v in leaf.eqn.outvars]
     cts = [_to_stats(a, s) for a, s in zip(out_avals, stats_out["stats"][len(avals):])]
-  op = trace_mod.layer_op_name(leaf.eqn)
+  op = jaxpr_util.layer_op_name(leaf.eqn)
   report = dict(
       finite=False, loss=loss, nonfinite_grads=bad_grads, phase=phase,
       primitive=leaf.eqn.primitive.name, op=op,
@@ -557,7 +557,7 @@ def source_line(jaxpr, path) -> str:
   for i in path:
     eqn = cur.eqns[i]
     eqns.append(eqn)
-    nested = trace_mod.inner_jaxpr(eqn)
+    nested = jaxpr_util.inline_body(eqn)
     cur = nested[0] if nested is not None else None
   frames = jaxpr_util.user_frames(eqns[-1], _LIBRARY_DIRS)
   for container in reversed(eqns[:-1]):
@@ -624,7 +624,7 @@ def _is_variance(graph, n) -> bool:
 def _is_softmax(graph, n) -> bool:
   chain = _producer_chain(graph, n, depth=3)
   names = [leaf.eqn.primitive.name for leaf in chain]
-  ops = [trace_mod.layer_op_name(leaf.eqn) for leaf in chain]
+  ops = [jaxpr_util.layer_op_name(leaf.eqn) for leaf in chain]
   return "softmax" in ops or ("div" in names and "exp" in names)
 
 
@@ -636,7 +636,7 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
   g_jaxpr = meta.jaxpr
   name = eqn.primitive.name
   g = meta.graph
-  op = trace_mod.layer_op_name(eqn)
+  op = jaxpr_util.layer_op_name(eqn)
   operands = stats[:len(eqn.invars)]
   out_dtype = str(eqn.outvars[0].aval.dtype) if eqn.outvars else ""
   x = operands[0] if operands else None
