@@ -16,6 +16,7 @@ this module alone.  Sections:
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -85,25 +86,24 @@ def bind(eqn, invals: Sequence[Any]) -> list:
   return list(out) if eqn.primitive.multiple_results else [out]
 
 
-def _summary(eqn) -> str:
-  try:
-    return source_info_util.summarize(eqn.source_info)
-  except Exception:  # source info is best-effort; never hide the real error
-    return ""
-
-
 def source_line(eqn, enclosing: Sequence[Any] = ()) -> str:
-  """The innermost user frame of an equation, as ``file:line:column (function)``.
+  """The innermost user frame of an equation, as ``file:line (function)``.
 
-  An equation inside a library's own ``jit`` (``jnp.linalg.cholesky``'s, say) has no
-  user frame of its own; then the innermost of ``enclosing`` (the equations it sits
-  in, outermost first) that has one names the line.  ``""`` when none has.
+  A user frame is neither JAX's nor handgrad's own (its layers and ops,
+  :data:`LIBRARY_DIRS`).  An equation inside a library's own ``jit``
+  (``jnp.linalg.cholesky``'s, say) has no user frame of its own; then the innermost of
+  ``enclosing`` (the equations it sits in, outermost first) that has one names the
+  line.  A nested ``jit`` is traced once and cached (``jnp.where`` is one), so an inner
+  equation's frame that lies outside the nested function (its call site) may be the
+  first call ever traced: such a frame is replaced by the enclosing equation's own.
+  ``""`` when no frame is the user's.
   """
-  for e in (eqn, *reversed(list(enclosing))):
-    line = _summary(e)
-    if line:
-      return line
-  return ""
+  frames = user_frames(eqn, LIBRARY_DIRS)
+  for container in reversed(list(enclosing)):
+    outer = user_frames(container, LIBRARY_DIRS)
+    if not frames or frames[0] in outer:
+      frames = outer
+  return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""
 
 
 def scope_names(eqn) -> tuple[str, ...]:
@@ -501,19 +501,91 @@ def has_primitive(name: str) -> bool:
 # User source lines for inspection reports: the innermost frame outside JAX and
 # outside the given library directories (handgrad's own layers and ops).
 
+# handgrad's own directory: its layers and ops are not the user's source line.
+LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
+
+
 def user_frames(eqn: Any, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
   """``(file, line, function)`` of the frames of ``eqn``'s traceback, innermost first,
   that are neither JAX's nor under one of the ``exclude`` directories."""
-  from jax._src import source_info_util
   try:
     frames = list(source_info_util.user_frames(eqn.source_info.traceback))
-  except Exception:  # source info is best-effort
+  except Exception:  # source info is best-effort; never hide the real error
     return []
   return [(f.file_name, f.start_line, f.function_name) for f in frames
           if not any(f.file_name.startswith(d) for d in exclude)]
 
 
-def user_source_line(eqn: Any, exclude: tuple[str, ...] = ()) -> str:
-  """``file:line (function)`` of the innermost frame of :func:`user_frames`, or ``""``."""
-  frames = user_frames(eqn, exclude)
-  return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""
+# -------------------------------------------------------------------------------------
+# Walks of the inspection tools (handgrad.inspect): equations by path, every leaf
+# equation's values, checkpoint names hidden in opaque regions.
+
+def equations_on_path(jaxpr: Any, path: Sequence[int]) -> list:
+  """The equations from the outer jaxpr inwards down ``path`` (equation indices, one per
+  inline region entered, as ``engine.current_path()`` gives them)."""
+  eqns, cur = [], unwrap(jaxpr)
+  for i in path:
+    eqn = cur.eqns[i]
+    eqns.append(eqn)
+    body = inline_body(eqn)
+    cur = unwrap(body[0]) if body is not None else None
+  return eqns
+
+
+def source_line_at(jaxpr: Any, path: Sequence[int]) -> str:
+  """:func:`source_line` of the equation at ``path``, its enclosing regions' lines
+  as the fallback."""
+  eqns = equations_on_path(jaxpr, path)
+  return source_line(eqns[-1], eqns[:-1])
+
+
+def evaluate_leaves(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
+                    visit: Callable[[tuple, Any, list, list], None], *,
+                    frame: Any = None, path: tuple = ()) -> list:
+  """Evaluates ``jaxpr``, descending into inline regions (:func:`inline_body`), and
+  calls ``visit(path, eqn, invals, outs)`` for every other (leaf) equation.
+
+  ``frame`` is the engine's forward record of ``jaxpr`` (``engine.Frame``): a leaf's
+  outputs are read from it where the forward pass kept them (``frame.outs``), and an
+  inline ``jit`` region's consts and values from its child frame, so the values are the
+  very arrays a backward pass uses; the rest is evaluated again.
+  """
+
+  def eval_eqn(i, eqn, invals):
+    p = path + (i,)
+    body = inline_body(eqn)
+    if body is not None:
+      inner, inner_consts = body
+      child = frame.children.get(i) if frame is not None else None
+      if getattr(child, "jaxpr", None) is inner:
+        inner_consts = [child.env[v] for v in unwrap(inner).constvars]
+      else:
+        child = None
+      with eqn_context(eqn):
+        return evaluate_leaves(inner, inner_consts, invals, visit, frame=child, path=p)
+    if frame is not None and i in frame.outs:
+      outs = list(frame.outs[i])
+    else:
+      outs = bind(eqn, invals)
+    visit(p, eqn, invals, outs)
+    return outs
+
+  return interpret(jaxpr, consts, args, eval_eqn)
+
+
+def names_in_regions(jaxpr: Any, kinds: Sequence[str]) -> dict[str, str]:
+  """``{name: kind}`` of the ``checkpoint_name`` values (``name`` equations) that sit
+  inside a nested jaxpr of an equation whose primitive is one of ``kinds`` (the
+  outermost such region names the kind)."""
+  found: dict[str, str] = {}
+
+  def walk(jx, region):
+    for eqn in unwrap(jx).eqns:
+      if eqn.primitive.name == "name" and region:
+        found[eqn.params["name"]] = region
+      inner = region or (eqn.primitive.name if eqn.primitive.name in kinds else None)
+      for nested in nested_jaxprs(eqn):
+        walk(nested, inner)
+
+  walk(jaxpr, None)
+  return found
