@@ -40,7 +40,8 @@ as it is, and the default directory gives way to the next free numbered one
 (runs/mnist_mlp-2, ...).
 One run at a time per directory (a lock file names the running process).  A step with a
 non-finite loss or gradient is skipped and reported; --max-nonfinite such steps in a row
-stop the run.  SIGTERM or Ctrl-C stop after the current step with a checkpoint."""
+stop the run (--on-nonfinite stop: the first one does), and --debug-nans names the
+equation and source line that made it (DIR/nonfinite.json).  SIGTERM or Ctrl-C stop after the current step with a checkpoint."""
 
 MAX_SEED = 2 ** 63 - 1
 
@@ -142,6 +143,15 @@ def add_parser(sub) -> None:
   g.add_argument("--max-nonfinite", type=_positive_int, default=3, metavar="K",
                  help="stop after K consecutive steps with a non-finite loss or gradient "
                       "(each is skipped; default: 3)")
+  g.add_argument("--on-nonfinite", choices=["stop", "skip"], default="skip",
+                 help="at a step with a non-finite loss or gradient (skipped, parameters "
+                      "and optimizer state unchanged): stop the run there, keeping the last "
+                      "good checkpoint, or skip it and go on (default: skip, up to "
+                      "--max-nonfinite in a row)")
+  g.add_argument("--debug-nans", action="store_true",
+                 help="re-run each non-finite step with handgrad.inspect.find_nonfinite: "
+                      "print which equation made the first NaN or inf (forward or backward, "
+                      "source line, layer, diagnosis) and append it to DIR/nonfinite.json")
   g.add_argument("--no-progress", action="store_true", help="no progress bar")
   g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
                  help="record per-parameter gradient statistics every N steps; writes "
@@ -328,7 +338,7 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
       out_dir=out, resume=args.resume, overwrite=args.overwrite,
       checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
-      config=config, progress=not args.no_progress, on_step=on_step,
+      on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config, progress=not args.no_progress, on_step=on_step,
       plot_title=f"handgrad train: {model.description}, backend {args.backend}")
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
   print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0)
