@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import api_util as _api_util
 from jax._src import source_info_util
 from jax.extend import core as jex
 
@@ -76,14 +77,41 @@ def eqn_context(eqn):
 
 
 def bind(eqn, invals: Sequence[Any]) -> list:
-  """Evaluates one equation on ``invals``; always returns a list of outputs."""
+  """Evaluates one equation on ``invals``; always returns a list of outputs.
+
+  Under ``jax_debug_nans``/``jax_debug_infs`` an eagerly bound ``jit`` equation that
+  returns a NaN or inf raises JAX's internal ``InternalFloatingPointError``; the
+  user-facing ``jax.jit`` catches it and re-runs the de-optimised function, equation by
+  equation, so that the ``FloatingPointError`` names the primitive.  This does the same
+  (:func:`_deoptimized`), so ``handgrad.grad`` raises what ``jax.grad`` raises.
+  """
   params = eqn.primitive.get_bind_params(eqn.params)
   subfuns = ()
   if isinstance(params, tuple):  # (subfuns, params) from primitives with subfunctions
     subfuns, params = params
   with eqn_context(eqn), eqn.ctx.manager:
-    out = eqn.primitive.bind(*subfuns, *invals, **params)
+    try:
+      out = eqn.primitive.bind(*subfuns, *invals, **params)
+    except _InternalFloatingPointError as e:
+      return _deoptimized(eqn, invals, e)
   return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _deoptimized(eqn, invals: Sequence[Any], error: Exception) -> list:
+  """Re-evaluates a ``jit`` equation whose compiled run gave a NaN or inf under
+  ``jax_debug_nans``, one equation at a time: the first primitive that makes one raises
+  ``FloatingPointError`` (eager binds check each result).  When none does (an XLA
+  optimisation made the value, or a literal is one), JAX's own message for that case
+  is raised, a ``FloatingPointError`` too (as ``jax.jit`` does, jax/_src/pjit.py)."""
+  closed = eqn.params.get("jaxpr") if eqn.primitive.name == "jit" else None
+  if closed is None:
+    raise FloatingPointError(f"invalid value ({error.ty}) encountered in "
+                             f"{eqn.primitive.name}") from None
+  try:
+    interpret(unwrap(closed), closed.consts, invals, lambda i, e, iv: bind(e, iv))
+  except (FloatingPointError, ZeroDivisionError) as e2:
+    raise e2 from None
+  _api_util._raise_no_nan_in_deoptimized(error)
 
 
 def source_line(eqn, enclosing: Sequence[Any] = ()) -> str:
@@ -314,6 +342,10 @@ def backward_reads(jaxpr) -> list[tuple[Any, int | None, Any]]:
 
 
 # --- per-release shims ---------------------------------------------------------------------
+
+# What an eagerly bound jit raises under jax_debug_nans (jax/_src/api_util.py, every
+# supported release); ``jax.jit`` turns it into a FloatingPointError, and so does bind.
+_InternalFloatingPointError = _api_util.InternalFloatingPointError
 
 def input_vars(jaxpr, num_consts: int) -> tuple[list, list]:
   """``(constvars, argvars)``: the variables ``num_consts`` consts and the arguments
