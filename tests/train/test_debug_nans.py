@@ -137,13 +137,13 @@ def test_find_nonfinite_of_a_step_names_the_micro_batch_and_frozen_leaves():
 def nan_pixel_data(monkeypatch):
   """The MNIST loader returns a training set with one NaN pixel, and the host check of
   the inputs is bypassed, so that the NaN reaches a step."""
-  from handgrad import data as hg_data
+  from handgrad._src.data import mnist
   from handgrad._src.train import loop
-  train_ds, test_ds = hg_data.load_mnist()
+  train_ds, test_ds = mnist.load_mnist()
   x = np.array(train_ds.x[:64])
   x[5, 300] = np.nan
-  bad = hg_data.Dataset(x, train_ds.y[:64], train_ds.num_classes, "nan-pixel")
-  monkeypatch.setattr(hg_data, "load_mnist", lambda data_dir=None: (bad, test_ds))
+  bad = mnist.Dataset(x, train_ds.y[:64], train_ds.num_classes, "nan-pixel")
+  monkeypatch.setattr(mnist, "load_mnist", lambda data_dir=None: (bad, test_ds))
   monkeypatch.setattr(loop, "check_finite_inputs", lambda ds, what="": None)
   return bad
 

@@ -29,6 +29,10 @@ from jax import lax
 
 from handgrad._src import api
 from handgrad._src.data.batching import batches as _batches
+# The training code sits above the inspection tools: it may import them, never the
+# other way round (tests/_src/test_layering.py).
+from handgrad._src.inspect.monitor import gradient_stats
+from handgrad._src.inspect.nonfinite import find_nonfinite
 from handgrad._src.rules.layers import softmax_cross_entropy
 from handgrad._src.train import mixed_precision
 from handgrad._src.train.state import Params, TrainState
@@ -196,10 +200,7 @@ def _monitor_fn(monitor) -> Callable | None:
   if monitor is False or monitor is None:
     return None
   if monitor is True:
-    # The per-parameter statistics of handgrad.inspect (imported here, when asked for:
-    # the training code does not depend on the inspection tools otherwise).
-    from handgrad._src.inspect.monitor import gradient_stats
-    return gradient_stats
+    return gradient_stats  # the per-parameter statistics of handgrad.inspect
   if callable(monitor):
     return monitor
   raise TypeError(f"monitor must be a bool or a function grads -> statistics, got "
@@ -216,8 +217,6 @@ def _nonfinite_finder(full_loss: Callable, frozen: FrozenSpec, k: int,
   are examined in order and the first one with a culprit is reported (``micro_batch``
   its index; ``None`` for ``k == 1``); when all are finite, the last report says so.
   """
-  from handgrad._src.inspect.nonfinite import find_nonfinite
-
   def find(state: TrainState, batch: Batch):
     _, sub = jax.random.split(jax.random.wrap_key_data(state.key))
     scale = None
