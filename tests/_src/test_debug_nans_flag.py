@@ -28,11 +28,10 @@ def _cross_entropy_of_inf(x):
   return hg.ops.softmax_cross_entropy(jnp.stack([x, x])[None] * jnp.inf, jnp.array([0]))
 
 
-def _sqrt_at_zero(x):
-  return jnp.sqrt(x * 0.0)
-
-
-@pytest.mark.parametrize("f, x", [(_cross_entropy_of_inf, 1.0), (_sqrt_at_zero, 1.0),
+# A NaN made inside a jit region in the forward pass: the hand engine binds the jit
+# equation itself.  (A NaN made by a rule's eager jnp arithmetic is JAX's own check; it
+# is skipped by JAX for a jnp function compiled before the flag was set.)
+@pytest.mark.parametrize("f, x", [(_cross_entropy_of_inf, 1.0),
                                   (jax.jit(lambda x: jnp.log(x - 1.0) * 0.0), 0.5)])
 def test_same_exception_as_jax_grad(debug_nans, f, x):
   ours, theirs = _error(hg.grad, f, x), _error(jax.grad, f, x)
