@@ -114,8 +114,10 @@ def _deoptimized(eqn, invals: Sequence[Any], error: Exception) -> list:
   _api_util._raise_no_nan_in_deoptimized(error)
 
 
-def source_line(eqn, enclosing: Sequence[Any] = ()) -> str:
-  """The innermost user frame of an equation, as ``file:line (function)``.
+def source_line(eqn, enclosing: Sequence[Any] = (), *, column: bool = True) -> str:
+  """The innermost user frame of an equation, as ``file:line:column (function)`` (JAX's
+  own form, in error messages), or ``file:line (function)`` with ``column=False``
+  (inspection reports).
 
   A user frame is neither JAX's nor handgrad's own (its layers and ops,
   :data:`LIBRARY_DIRS`).  An equation inside a library's own ``jit``
@@ -131,7 +133,10 @@ def source_line(eqn, enclosing: Sequence[Any] = ()) -> str:
     outer = user_frames(container, LIBRARY_DIRS)
     if not frames or frames[0] in outer:
       frames = outer
-  return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""
+  if not frames:
+    return ""
+  file, line, col, function = frames[0]
+  return f"{file}:{line}:{col} ({function})" if column else f"{file}:{line} ({function})"
 
 
 def scope_names(eqn) -> tuple[str, ...]:
@@ -537,14 +542,14 @@ def has_primitive(name: str) -> bool:
 LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
 
 
-def user_frames(eqn: Any, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
-  """``(file, line, function)`` of the frames of ``eqn``'s traceback, innermost first,
-  that are neither JAX's nor under one of the ``exclude`` directories."""
+def user_frames(eqn: Any, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, int, str]]:
+  """``(file, line, column, function)`` of the frames of ``eqn``'s traceback, innermost
+  first, that are neither JAX's nor under one of the ``exclude`` directories."""
   try:
     frames = list(source_info_util.user_frames(eqn.source_info.traceback))
   except Exception:  # source info is best-effort; never hide the real error
     return []
-  return [(f.file_name, f.start_line, f.function_name) for f in frames
+  return [(f.file_name, f.start_line, f.start_column, f.function_name) for f in frames
           if not any(f.file_name.startswith(d) for d in exclude)]
 
 
@@ -565,10 +570,10 @@ def equations_on_path(jaxpr: Any, path: Sequence[int]) -> list:
 
 
 def source_line_at(jaxpr: Any, path: Sequence[int]) -> str:
-  """:func:`source_line` of the equation at ``path``, its enclosing regions' lines
-  as the fallback."""
+  """``file:line (function)`` (:func:`source_line` without the column) of the equation
+  at ``path``, its enclosing regions' lines as the fallback."""
   eqns = equations_on_path(jaxpr, path)
-  return source_line(eqns[-1], eqns[:-1])
+  return source_line(eqns[-1], eqns[:-1], column=False)
 
 
 def evaluate_leaves(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
