@@ -249,7 +249,8 @@ def test_out_of_memory_is_one_line_with_a_hint(capsys, tmp_path, monkeypatch):
   def oom(*args, **kwargs):
     raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
                                      "allocate 123 bytes.\nmore detail")
-  monkeypatch.setattr(train, "fit", oom)
+  from handgrad._src.train import loop
+  monkeypatch.setattr(loop, "fit", oom)  # what the train command calls
   err = one_line(capsys, ["train", "--subset", "64", "--out", str(tmp_path / "o")])
   assert "out of memory" in err and "--accumulate" in err and "--batch-size" in err
 

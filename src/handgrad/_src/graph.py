@@ -30,13 +30,18 @@ from handgrad._src import api
 from handgrad._src import engine
 from handgrad._src import jaxpr as hj
 from handgrad._src import layer_ops
+from handgrad._src.inspect.health import EXPLODING_NORM  # noqa: F401  (norm_colour's bounds)
+from handgrad._src.inspect.health import VANISHING_NORM  # noqa: F401
+from handgrad._src.inspect.health import Status
+from handgrad._src.inspect.health import norm_status
 from handgrad._src.nn.base import path_str
 from handgrad._src.render import RenderError  # noqa: F401  (raised by save, _repr_svg_)
 from handgrad._src.render import check_format
 from handgrad._src.render import render
 
-VANISHING = 1e-7
-EXPLODING = 100.0
+# Edge colour of a cotangent by the health status of its norm (thresholds in health.py).
+_STATUS_COLOURS = {Status.NONFINITE: "#d62728", Status.EXPLODING: "#d62728",
+                   Status.VANISHING: "#1f77b4", Status.OK: "#404040"}
 
 
 @dataclasses.dataclass
@@ -121,12 +126,9 @@ def _escape(s: str) -> str:
 
 
 def norm_colour(norm: float) -> str:
-  """Blue for vanishing (< 1e-7), red for exploding (> 100), grey-to-black between."""
-  if not math.isfinite(norm) or norm > EXPLODING:
-    return "#d62728"
-  if norm < VANISHING:
-    return "#1f77b4"
-  return "#404040"
+  """Red for a non-finite or exploding norm (> ``EXPLODING_NORM``), blue for a vanishing
+  one (< ``VANISHING_NORM``), grey between: ``health.norm_status`` decides."""
+  return _STATUS_COLOURS[norm_status(norm)]
 
 
 def _pen(norm: float) -> str:

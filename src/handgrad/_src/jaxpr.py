@@ -16,11 +16,13 @@ this module alone.  Sections:
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import api_util as _api_util
 from jax._src import source_info_util
 from jax.extend import core as jex
 
@@ -75,35 +77,66 @@ def eqn_context(eqn):
 
 
 def bind(eqn, invals: Sequence[Any]) -> list:
-  """Evaluates one equation on ``invals``; always returns a list of outputs."""
+  """Evaluates one equation on ``invals``; always returns a list of outputs.
+
+  Under ``jax_debug_nans``/``jax_debug_infs`` an eagerly bound ``jit`` equation that
+  returns a NaN or inf raises JAX's internal ``InternalFloatingPointError``; the
+  user-facing ``jax.jit`` catches it and re-runs the de-optimised function, equation by
+  equation, so that the ``FloatingPointError`` names the primitive.  This does the same
+  (:func:`_deoptimized`), so ``handgrad.grad`` raises what ``jax.grad`` raises.
+  """
   params = eqn.primitive.get_bind_params(eqn.params)
   subfuns = ()
   if isinstance(params, tuple):  # (subfuns, params) from primitives with subfunctions
     subfuns, params = params
   with eqn_context(eqn), eqn.ctx.manager:
-    out = eqn.primitive.bind(*subfuns, *invals, **params)
+    try:
+      out = eqn.primitive.bind(*subfuns, *invals, **params)
+    except _InternalFloatingPointError as e:
+      return _deoptimized(eqn, invals, e)
   return list(out) if eqn.primitive.multiple_results else [out]
 
 
-def _summary(eqn) -> str:
+def _deoptimized(eqn, invals: Sequence[Any], error: Exception) -> list:
+  """Re-evaluates a ``jit`` equation whose compiled run gave a NaN or inf under
+  ``jax_debug_nans``, one equation at a time: the first primitive that makes one raises
+  ``FloatingPointError`` (eager binds check each result).  When none does (an XLA
+  optimisation made the value, or a literal is one), JAX's own message for that case
+  is raised, a ``FloatingPointError`` too (as ``jax.jit`` does, jax/_src/pjit.py)."""
+  closed = eqn.params.get("jaxpr") if eqn.primitive.name == "jit" else None
+  if closed is None:
+    raise FloatingPointError(f"invalid value ({error.ty}) encountered in "
+                             f"{eqn.primitive.name}") from None
   try:
-    return source_info_util.summarize(eqn.source_info)
-  except Exception:  # source info is best-effort; never hide the real error
-    return ""
+    interpret(unwrap(closed), closed.consts, invals, lambda i, e, iv: bind(e, iv))
+  except (FloatingPointError, ZeroDivisionError) as e2:
+    raise e2 from None
+  _api_util._raise_no_nan_in_deoptimized(error)
 
 
-def source_line(eqn, enclosing: Sequence[Any] = ()) -> str:
-  """The innermost user frame of an equation, as ``file:line:column (function)``.
+def source_line(eqn, enclosing: Sequence[Any] = (), *, column: bool = True) -> str:
+  """The innermost user frame of an equation, as ``file:line:column (function)`` (JAX's
+  own form, in error messages), or ``file:line (function)`` with ``column=False``
+  (inspection reports).
 
-  An equation inside a library's own ``jit`` (``jnp.linalg.cholesky``'s, say) has no
-  user frame of its own; then the innermost of ``enclosing`` (the equations it sits
-  in, outermost first) that has one names the line.  ``""`` when none has.
+  A user frame is neither JAX's nor handgrad's own (its layers and ops,
+  :data:`LIBRARY_DIRS`).  An equation inside a library's own ``jit``
+  (``jnp.linalg.cholesky``'s, say) has no user frame of its own; then the innermost of
+  ``enclosing`` (the equations it sits in, outermost first) that has one names the
+  line.  A nested ``jit`` is traced once and cached (``jnp.where`` is one), so an inner
+  equation's frame that lies outside the nested function (its call site) may be the
+  first call ever traced: such a frame is replaced by the enclosing equation's own.
+  ``""`` when no frame is the user's.
   """
-  for e in (eqn, *reversed(list(enclosing))):
-    line = _summary(e)
-    if line:
-      return line
-  return ""
+  frames = user_frames(eqn, LIBRARY_DIRS)
+  for container in reversed(list(enclosing)):
+    outer = user_frames(container, LIBRARY_DIRS)
+    if not frames or frames[0] in outer:
+      frames = outer
+  if not frames:
+    return ""
+  file, line, col, function = frames[0]
+  return f"{file}:{line}:{col} ({function})" if column else f"{file}:{line} ({function})"
 
 
 def scope_names(eqn) -> tuple[str, ...]:
@@ -315,6 +348,10 @@ def backward_reads(jaxpr) -> list[tuple[Any, int | None, Any]]:
 
 # --- per-release shims ---------------------------------------------------------------------
 
+# What an eagerly bound jit raises under jax_debug_nans (jax/_src/api_util.py, every
+# supported release); ``jax.jit`` turns it into a FloatingPointError, and so does bind.
+_InternalFloatingPointError = _api_util.InternalFloatingPointError
+
 def input_vars(jaxpr, num_consts: int) -> tuple[list, list]:
   """``(constvars, argvars)``: the variables ``num_consts`` consts and the arguments
   bind to, as JAX's own ``eval_jaxpr`` binds them.
@@ -499,22 +536,19 @@ def has_primitive(name: str) -> bool:
 # The innermost frame outside JAX and
 # outside the given library directories (handgrad's own layers and ops).
 
-def user_frames(eqn: Any, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
-  """``(file, line, function)`` of the frames of ``eqn``'s traceback, innermost first,
-  that are neither JAX's nor under one of the ``exclude`` directories."""
-  from jax._src import source_info_util
+# handgrad's own directory: its layers and ops are not the user's source line.
+LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
+
+
+def user_frames(eqn: Any, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, int, str]]:
+  """``(file, line, column, function)`` of the frames of ``eqn``'s traceback, innermost
+  first, that are neither JAX's nor under one of the ``exclude`` directories."""
   try:
     frames = list(source_info_util.user_frames(eqn.source_info.traceback))
-  except Exception:  # source info is best-effort
+  except Exception:  # source info is best-effort; never hide the real error
     return []
-  return [(f.file_name, f.start_line, f.function_name) for f in frames
+  return [(f.file_name, f.start_line, f.start_column, f.function_name) for f in frames
           if not any(f.file_name.startswith(d) for d in exclude)]
-
-
-def user_source_line(eqn: Any, exclude: tuple[str, ...] = ()) -> str:
-  """``file:line (function)`` of the innermost frame of :func:`user_frames`, or ``""``."""
-  frames = user_frames(eqn, exclude)
-  return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""
 
 
 # --- collectives and shard_map -----------------------------------------------------------
@@ -659,3 +693,78 @@ def at_top_level() -> bool:
   """True when no JAX transformation is tracing (eager execution)."""
   from jax._src import core
   return core.trace_state_clean()
+
+
+# --- inspection walks --------------------------------------------------------------------
+# Walks of the inspection tools (handgrad.inspect): equations by path, every leaf
+# equation's values, checkpoint names hidden in opaque regions.
+
+def equations_on_path(jaxpr: Any, path: Sequence[int]) -> list:
+  """The equations from the outer jaxpr inwards down ``path`` (equation indices, one per
+  inline region entered, as ``engine.current_path()`` gives them)."""
+  eqns, cur = [], unwrap(jaxpr)
+  for i in path:
+    eqn = cur.eqns[i]
+    eqns.append(eqn)
+    body = inline_body(eqn)
+    cur = unwrap(body[0]) if body is not None else None
+  return eqns
+
+
+def source_line_at(jaxpr: Any, path: Sequence[int]) -> str:
+  """``file:line (function)`` (:func:`source_line` without the column) of the equation
+  at ``path``, its enclosing regions' lines as the fallback."""
+  eqns = equations_on_path(jaxpr, path)
+  return source_line(eqns[-1], eqns[:-1], column=False)
+
+
+def evaluate_leaves(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
+                    visit: Callable[[tuple, Any, list, list], None], *,
+                    frame: Any = None, path: tuple = ()) -> list:
+  """Evaluates ``jaxpr``, descending into inline regions (:func:`inline_body`), and
+  calls ``visit(path, eqn, invals, outs)`` for every other (leaf) equation.
+
+  ``frame`` is the engine's forward record of ``jaxpr`` (``engine.Frame``): a leaf's
+  outputs are read from it where the forward pass kept them (``frame.outs``), and an
+  inline ``jit`` region's consts and values from its child frame, so the values are the
+  very arrays a backward pass uses; the rest is evaluated again.
+  """
+
+  def eval_eqn(i, eqn, invals):
+    p = path + (i,)
+    body = inline_body(eqn)
+    if body is not None:
+      inner, inner_consts = body
+      child = frame.children.get(i) if frame is not None else None
+      if getattr(child, "jaxpr", None) is inner:
+        inner_consts = [child.env[v] for v in unwrap(inner).constvars]
+      else:
+        child = None
+      with eqn_context(eqn):
+        return evaluate_leaves(inner, inner_consts, invals, visit, frame=child, path=p)
+    if frame is not None and i in frame.outs:
+      outs = list(frame.outs[i])
+    else:
+      outs = bind(eqn, invals)
+    visit(p, eqn, invals, outs)
+    return outs
+
+  return interpret(jaxpr, consts, args, eval_eqn)
+
+
+def names_in_regions(jaxpr: Any, kinds: Sequence[str]) -> dict[str, str]:
+  """``{name: kind}`` of the ``checkpoint_name`` values (``name`` equations) that sit
+  inside a nested jaxpr of an equation whose primitive is one of ``kinds`` (the
+  outermost such region names the kind)."""
+  found: dict[str, str] = {}
+
+  def walk(jx, region):
+    for eqn in unwrap(jx).eqns:
+      if eqn.primitive.name == "name" and region:
+        found[eqn.params["name"]] = region
+      inner = region or (eqn.primitive.name if eqn.primitive.name in kinds else None)
+      for nested in nested_jaxprs(eqn):
+        walk(nested, inner)
+
+  walk(jaxpr, None)
+  return found

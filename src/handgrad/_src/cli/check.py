@@ -26,13 +26,13 @@ def add_parser(sub) -> None:
 
 def _seed_example(out) -> bool:
   """The seed's scalar example: z = w·x + b, loss = (relu(z) − 5)² at x=2, w=3, b=1."""
-  import handgrad as hg
+  from handgrad._src.api import grad
 
   def loss(w, b, x):
     z = w * x + b
     return (jax.nn.relu(z) - 5.0) ** 2
 
-  dw, db, dx = hg.grad(loss, argnums=(0, 1, 2))(3.0, 1.0, 2.0)
+  dw, db, dx = grad(loss, argnums=(0, 1, 2))(3.0, 1.0, 2.0)
   rw, rb, rx = jax.grad(loss, argnums=(0, 1, 2))(3.0, 1.0, 2.0)
   print("\nThe seed's example, by hand: z = w·x + b, loss = (relu(z) − 5)², x=2, w=3, b=1",
         file=out)

@@ -40,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
   import jax
   import jax.numpy as jnp
 
-  import handgrad as hg
-  from handgrad import data, nn
+  from handgrad._src.data.mnist import load_mnist
   from handgrad._src.graph import make_graph
+  from handgrad._src.nn.mlp import mlp
+  from handgrad._src.rules.layers import softmax_cross_entropy
 
   try:
     dims = [int(d) for d in args.layers.split(",")]
@@ -52,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"--layers must start at 784 and end at 10 for MNIST, got {dims}")
   if args.batch <= 0:
     raise ValueError(f"--batch must be positive, got {args.batch}")
-  train, _ = data.load_mnist()
+  train, _ = load_mnist()
   x, y = jnp.asarray(train.x[:args.batch]), jnp.asarray(train.y[:args.batch])
-  params = nn.mlp.init(dims, key=jax.random.key(0))
+  params = mlp.init(dims, key=jax.random.key(0))
 
   def loss(params, x, y):
-    return hg.ops.softmax_cross_entropy(nn.mlp.apply(params, x), y)
+    return softmax_cross_entropy(mlp.apply(params, x), y)
 
   graph = make_graph(loss, params, x, y, backward=not args.no_backward,
                      collapse=not args.expand)

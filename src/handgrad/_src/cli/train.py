@@ -40,7 +40,8 @@ as it is, and the default directory gives way to the next free numbered one
 (runs/mnist_mlp-2, ...).
 One run at a time per directory (a lock file names the running process).  A step with a
 non-finite loss or gradient is skipped and reported; --max-nonfinite such steps in a row
-stop the run.  SIGTERM or Ctrl-C stop after the current step with a checkpoint."""
+stop the run (--on-nonfinite stop: the first one does), and --debug-nans names the
+equation and source line that made it (DIR/nonfinite.json).  SIGTERM or Ctrl-C stop after the current step with a checkpoint."""
 
 MAX_SEED = 2 ** 63 - 1
 
@@ -142,6 +143,15 @@ def add_parser(sub) -> None:
   g.add_argument("--max-nonfinite", type=_positive_int, default=3, metavar="K",
                  help="stop after K consecutive steps with a non-finite loss or gradient "
                       "(each is skipped; default: 3)")
+  g.add_argument("--on-nonfinite", choices=["stop", "skip"], default="skip",
+                 help="at a step with a non-finite loss or gradient (skipped, parameters "
+                      "and optimizer state unchanged): stop the run there, keeping the last "
+                      "good checkpoint, or skip it and go on (default: skip, up to "
+                      "--max-nonfinite in a row)")
+  g.add_argument("--debug-nans", action="store_true",
+                 help="re-run each non-finite step with handgrad.inspect.find_nonfinite: "
+                      "print which equation made the first NaN or inf (forward or backward, "
+                      "source line, layer, diagnosis) and append it to DIR/nonfinite.json")
   g.add_argument("--no-progress", action="store_true", help="no progress bar")
   g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
                  help="record per-parameter gradient statistics every N steps; writes "
@@ -158,16 +168,18 @@ class _Model:
 
 
 def _model(name: str, remat: bool = False) -> _Model:
-  from handgrad import nn
+  from handgrad._src.nn.cnn import cnn
+  from handgrad._src.nn.mlp import mlp
+  from handgrad._src.nn.transformer import transformer_classifier
 
   if name == "mlp":
-    return _Model(name, lambda key: nn.mlp.init(list(MLP_DIMS), key=key), nn.mlp.apply,
+    return _Model(name, lambda key: mlp.init(list(MLP_DIMS), key=key), mlp.apply,
                   f"MLP {list(MLP_DIMS)} (ReLU)")
   if name == "cnn":
-    return _Model(name, lambda key: nn.cnn.init(key=key), nn.cnn.apply,
+    return _Model(name, lambda key: cnn.init(key=key), cnn.apply,
                   "CNN conv3x3(16)-pool-conv3x3(32)-pool-dense(10) (ReLU)")
-  init = functools.partial(nn.transformer_classifier.init, num_heads=TRANSFORMER_HEADS)
-  apply = functools.partial(nn.transformer_classifier.apply, num_heads=TRANSFORMER_HEADS,
+  init = functools.partial(transformer_classifier.init, num_heads=TRANSFORMER_HEADS)
+  apply = functools.partial(transformer_classifier.apply, num_heads=TRANSFORMER_HEADS,
                             remat=remat)
   return _Model(name, lambda key: init(key=key), apply,
                 f"transformer classifier ({TRANSFORMER_HEADS} heads"
@@ -272,10 +284,19 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
 
   import jax
 
-  from handgrad import data as hg_data
-  from handgrad import train
+  from handgrad._src.data import mnist as hg_data
+  from handgrad._src.train import loop
+  from handgrad._src.train.checkpoint import quiet_orbax
+  from handgrad._src.train.mixed_precision import DynamicLossScale
+  from handgrad._src.train.state import TrainState
+  from handgrad._src.train.step import classification_eval
+  from handgrad._src.train.step import classification_loss
+  from handgrad._src.train.step import make_eval_step
+  from handgrad._src.train.step import make_train_step
+  from handgrad._src.train.transforms import frozen_mask
+  from handgrad._src.train.transforms import make_optimizer
 
-  train.quiet_orbax()
+  quiet_orbax()
   train_ds, test_ds = hg_data.load_mnist(args.data_dir)
   if args.subset is not None:
     n = min(args.subset, len(train_ds))
@@ -287,33 +308,33 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   model = _model(args.model, remat=args.remat)
   frozen = list(args.freeze) if args.freeze else None
   if frozen is not None:  # an unknown prefix fails here, naming the parameters
-    train.frozen_mask(jax.eval_shape(model.init, jax.random.key(0)), frozen)
-  tx = train.make_optimizer(args.optimizer, args.lr, clip_norm=args.clip_norm,
+    frozen_mask(jax.eval_shape(model.init, jax.random.key(0)), frozen)
+  tx = make_optimizer(args.optimizer, args.lr, clip_norm=args.clip_norm,
                             clip_value=args.clip_value, frozen=frozen)
 
-  loss_scale = train.DynamicLossScale() if args.precision == "fp16" else None
+  loss_scale = DynamicLossScale() if args.precision == "fp16" else None
 
   @jax.jit
   def initial(seed):
     # One compiled program for the whole initialisation (eager random ops would
     # compile one small program each).
     init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
-    state = train.TrainState.create(model.init(init_key), tx, key=step_key,
+    state = TrainState.create(model.init(init_key), tx, key=step_key,
                                     loss_scale=loss_scale)
     return state, jax.random.key_data(data_key)
 
   state, data_key = initial(args.seed)
   data_key = jax.random.wrap_key_data(data_key)
-  step = train.make_train_step(
-      train.classification_loss(model.apply, precision=args.precision), tx,
+  step = make_train_step(
+      classification_loss(model.apply, precision=args.precision), tx,
       backend=args.backend, accumulate=args.accumulate, frozen=frozen,
       loss_scale=loss_scale, monitor=args.monitor is not None)
-  eval_step = train.make_eval_step(
-      train.classification_eval(model.apply, precision=args.precision))
+  eval_step = make_eval_step(
+      classification_eval(model.apply, precision=args.precision))
   monitor = on_step = None
   if args.monitor is not None:
-    from handgrad import inspect as hg_inspect
-    monitor = hg_inspect.GradientMonitor()
+    from handgrad._src.inspect.monitor import GradientMonitor
+    monitor = GradientMonitor()
 
     def on_step(step_number, metrics):
       if step_number % args.monitor == 0:
@@ -323,12 +344,12 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   data_desc = (f"{train_ds.name} ({len(train_ds)} train / {len(test_ds)} test digits)")
   # fit validates everything, locks --out, refuses a previous run unless --resume or
   # --overwrite, and writes config.json once the run is accepted.
-  result = train.fit(
+  result = loop.fit(
       step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
       out_dir=out, resume=args.resume, overwrite=args.overwrite,
       checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
-      config=config, progress=not args.no_progress, on_step=on_step,
+      on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config, progress=not args.no_progress, on_step=on_step,
       plot_title=f"handgrad train: {model.description}, backend {args.backend}")
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
   print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0)

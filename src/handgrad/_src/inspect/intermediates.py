@@ -30,33 +30,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from handgrad._src import api, engine
+from handgrad._src import jaxpr as jaxpr_util
 from handgrad._src.inspect import trace as trace_mod
 from handgrad._src.inspect._tree import l2_norm
 
 _OPAQUE = ("scan", "cond", "custom_jvp_call", "custom_vjp_call", "while")
-
-
-def _names_inside_opaque(jaxpr) -> dict[str, str]:
-  """``{name: primitive}`` of ``checkpoint_name`` values inside opaque regions."""
-  found: dict[str, str] = {}
-
-  def sub_jaxprs(eqn):
-    for v in eqn.params.values():
-      for j in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(j, "jaxpr", j)
-        if hasattr(inner, "eqns"):
-          yield inner
-
-  def walk(jx, opaque):
-    for eqn in jx.eqns:
-      if eqn.primitive.name == "name" and opaque:
-        found[eqn.params["name"]] = opaque
-      inner_opaque = opaque or (eqn.primitive.name if eqn.primitive.name in _OPAQUE else None)
-      for inner in sub_jaxprs(eqn):
-        walk(inner, inner_opaque)
-
-  walk(jaxpr, None)
-  return found
 
 
 def intermediate_grads(f: Callable, *args: Any, names: Sequence[str] | None = None,
@@ -89,7 +67,7 @@ def intermediate_grads(f: Callable, *args: Any, names: Sequence[str] | None = No
   loss = traced.out
   api._check_scalar(loss)
   jaxpr = traced.frame.jaxpr
-  hidden = _names_inside_opaque(jaxpr)
+  hidden = jaxpr_util.names_in_regions(jaxpr, _OPAQUE)
   graph = trace_mod.build_graph(jaxpr, [True] * len(jaxpr.invars), len(jaxpr.constvars))
   wanted = None if names is None else list(names)
   for n in wanted or ():

@@ -33,21 +33,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jex
 
-from handgrad._src import api, engine, jaxpr as jaxpr_util, layer_ops
+from handgrad._src import api, engine, layer_ops
+from handgrad._src import jaxpr as jaxpr_util
 from handgrad._src.inspect import trace as trace_mod
-
-# handgrad's own directory: its layers and ops are not the user's source line.
-_LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))) + os.sep,)
 
 # Primitives that only move elements (each output element is one input element, and
 # every input element appears): their output is finite exactly when their inputs are,
@@ -216,49 +211,23 @@ class _Meta:
   literal_bad: dict = dataclasses.field(default_factory=dict)  # path -> non-finite literal
 
 
-def _evaluate(graph, jaxpr, consts, args, path, vals, frame=None):
-  """Walks ``jaxpr`` as :func:`trace.build_graph` does, storing every leaf's operands
-  (``vals["in", path]``) and results (``vals[value id]``).
+def _evaluate(graph, jaxpr, consts, args, vals, frame) -> None:
+  """Stores every leaf's operands (``vals["in", path]``) and results (``vals[value
+  id]``), evaluating ``jaxpr`` as :func:`trace.build_graph` walks it.
 
   The values come from the engine's forward ``frame`` where it kept them (the outer
   jaxpr and the differentiated plain ``jit`` regions), so the flags read the very
   arrays the backward pass uses; the rest (a ``jit`` on data only, a checkpoint
-  region, whose values the engine does not keep) is evaluated again here.
+  region, whose values the engine does not keep) is evaluated again
+  (``jaxpr.evaluate_leaves``).
   """
-  env = dict(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
 
-  def read(v):
-    if isinstance(v, jex.Literal):
-      return np.asarray(v.val, dtype=v.aval.dtype)
-    return env[v]
+  def visit(p, eqn, invals, outs):
+    vals["in", p] = invals
+    for n, x in zip(graph.leaves[p].outs, outs):
+      vals[n] = x
 
-  for i, eqn in enumerate(jaxpr.eqns):
-    invals = [read(v) for v in eqn.invars]
-    nested = jaxpr_util.inline_body(eqn)
-    p = path + (i,)
-    if nested is not None:
-      inner, inner_consts = nested
-      child = frame.children.get(i) if frame is not None else None
-      if isinstance(child, engine.Frame) and child.jaxpr is inner:
-        inner_consts = [child.env[v] for v in inner.constvars]
-      else:
-        child = None
-      with jaxpr_util.eqn_context(eqn):
-        outs = _evaluate(graph, inner, inner_consts, invals, p, vals, child)
-    else:
-      if frame is not None and i in frame.outs:
-        outs = frame.outs[i]
-      else:
-        outs = engine.bind(eqn, invals)
-      leaf = graph.leaves[p]
-      vals["in", p] = invals
-      for n, x in zip(leaf.outs, outs):
-        vals[n] = x
-    for v, x in zip(eqn.outvars, outs):
-      if not isinstance(v, jex.DropVar):
-        env[v] = x
-  return [read(v) for v in jaxpr.outvars]
+  jaxpr_util.evaluate_leaves(jaxpr, consts, args, visit, frame=frame)
 
 
 def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target, with_grads=False):
@@ -277,14 +246,14 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target, with_grads=Fals
   vals: dict = {}
   for n, x in enumerate([*consts, *ins]):
     vals[n] = x
-  _evaluate(graph, jaxpr, consts, ins, (), vals, traced.frame)
+  _evaluate(graph, jaxpr, consts, ins, vals, traced.frame)
   implied = {n for p, leaf in graph.leaves.items()
              if leaf.eqn.primitive.name in _MOVES_FORWARD for n in leaf.outs}
   meta.value_ids = sorted(k for k in vals if isinstance(k, int) and k not in implied)
   fwd_flags = jnp.stack([_all_finite(vals[n]) for n in meta.value_ids])
   for p, leaf in graph.leaves.items():
     meta.in_avals[p] = [v.aval for v in leaf.eqn.invars]
-    bad = [k for k, v in enumerate(leaf.eqn.invars) if isinstance(v, jex.Literal)
+    bad = [k for k, v in enumerate(leaf.eqn.invars) if jaxpr_util.is_literal(v)
            and np.issubdtype(np.asarray(v.val).dtype, np.inexact)
            and not np.all(np.isfinite(v.val))]
     if bad:
@@ -535,36 +504,13 @@ def find_nonfinite(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
   report = dict(
       finite=False, loss=loss, nonfinite_grads=bad_grads, phase=phase,
       primitive=leaf.eqn.primitive.name, op=op,
-      line=source_line(meta2.jaxpr, p),
+      line=jaxpr_util.source_line_at(meta2.jaxpr, p),
       layer="/".join(leaf.scope), eqn_path=tuple(p),
       in_shapes=tuple(tuple(a.shape) for a in avals),
       out_shapes=tuple(tuple(v.aval.shape) for v in leaf.eqn.outvars),
       inputs=tuple(stats), cotangents=tuple(cts), masked=masked)
   report["diagnosis"] = _diagnose(meta2, leaf, phase, stats + cts, scale, bad_grads)
   return NonFiniteReport(**report)
-
-
-def source_line(jaxpr, path) -> str:
-  """The user's source line of the equation at ``path`` (indices into nested jaxprs).
-
-  The innermost frame outside JAX and handgrad.  A nested ``jit`` is traced once and
-  cached (``jnp.where`` is one), so a frame of an inner equation that lies outside the
-  nested function (the call site) may belong to the first call ever traced; such a
-  frame is replaced by the enclosing equation's own line.
-  """
-  eqns = []
-  cur = jaxpr
-  for i in path:
-    eqn = cur.eqns[i]
-    eqns.append(eqn)
-    nested = jaxpr_util.inline_body(eqn)
-    cur = nested[0] if nested is not None else None
-  frames = jaxpr_util.user_frames(eqns[-1], _LIBRARY_DIRS)
-  for container in reversed(eqns[:-1]):
-    outer = jaxpr_util.user_frames(container, _LIBRARY_DIRS)
-    if not frames or frames[0] in outer:
-      frames = outer
-  return f"{frames[0][0]}:{frames[0][1]} ({frames[0][2]})" if frames else ""
 
 
 # --- diagnosis ---------------------------------------------------------------------------------
@@ -729,7 +675,7 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
     branch = {0: "false (third) argument", 1: "true (second) argument"}.get(
         case, f"case {case}")
     return (f"the jnp.where trap: the output of `{name}` is the {branch} of the "
-            f"jnp.where at {source_line(g_jaxpr, sel_leaf.path)}, "
+            f"jnp.where at {jaxpr_util.source_line_at(g_jaxpr, sel_leaf.path)}, "
             f"and where that branch is not selected its cotangent is 0; but {singular}, "
             "and 0 · inf = NaN flows back.  Fix with the double where: make the operand "
             "safe where the branch is discarded, e.g. `safe = jnp.where(cond, x, 1.0)`, "

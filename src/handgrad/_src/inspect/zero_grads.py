@@ -19,11 +19,11 @@ import numpy as np
 from jax import lax
 
 from handgrad._src import jaxpr as hj
+from handgrad._src.frozen import frozen_mask
 from handgrad._src.api import TracedProgram
 from handgrad._src.inspect._tree import in_path_order, is_inexact
 from handgrad._src.types import Array, PyTree
 from handgrad._src.nn.base import param_paths
-from handgrad._src.train.transforms import frozen_mask
 
 MISSING = "missing"
 ZERO = "zero"

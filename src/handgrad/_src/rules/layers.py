@@ -104,8 +104,11 @@ def tanh(x):
 
 @layer_op("softmax")
 def softmax(x, *, axis=-1):
-  """softmax along ``axis``; the max is subtracted first so exp never overflows."""
-  m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+  """softmax along ``axis``; the max is subtracted first so exp never overflows.
+
+  The max starts from -inf (as ``jax.nn.softmax``'s does), so a zero-size ``axis``
+  gives an empty result instead of an error."""
+  m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf))
   e = jnp.exp(x - m)
   return e / jnp.sum(e, axis=axis, keepdims=True)
 
@@ -118,8 +121,9 @@ def _softmax_vjp(g, s, x, *, axis=-1):
 
 @layer_op("log_softmax")
 def log_softmax(x, *, axis=-1):
-  """log softmax along ``axis``: x − max − log Σ exp(x − max)."""
-  shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+  """log softmax along ``axis``: x − max − log Σ exp(x − max) (max from -inf, as in
+  ``jax.nn.log_softmax``: a zero-size ``axis`` gives an empty result)."""
+  shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf))
   return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
 

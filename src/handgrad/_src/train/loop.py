@@ -8,6 +8,8 @@ A run never loses or corrupts its data:
   optimizer state bit-unchanged), reported here with its step, epoch and batch, and
   after ``max_nonfinite`` of them in a row the run stops (:class:`NonFiniteError`),
   keeping its last good checkpoint (no checkpoint is written during such a streak);
+  ``on_nonfinite="stop"`` stops at the first one, and ``debug_nans=True`` re-runs it
+  with ``handgrad.inspect.find_nonfinite`` and appends the report to ``nonfinite.json``;
 * a rerun into a directory that holds a run refuses (:class:`RunExistsError`) unless
   ``resume`` or ``overwrite`` says what to do; ``config.json`` is written only once the
   run is accepted; one lock file keeps a second run out (:class:`RunLockedError`);
@@ -51,6 +53,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from handgrad._src.data.batching import batches, num_batches
@@ -64,9 +67,11 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+NONFINITE_FILE = "nonfinite.json"
 # What a run leaves in its directory (replaced by overwrite=True / --overwrite).
 RUN_FILES = (METRICS_FILE, CURVES_FILE, CONFIG_FILE, "grad_stats.jsonl",
-             "gradient_flow.png")
+             "gradient_flow.png", NONFINITE_FILE)
+ON_NONFINITE = ("stop", "skip")
 RUN_DIRS = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".damaged")
 DEFAULT_MAX_NONFINITE = 3
 # Steps whose metrics are fetched to the host together (and checked for skipped steps);
@@ -77,7 +82,17 @@ logger = logging.getLogger("handgrad")
 
 
 class NonFiniteError(RuntimeError):
-  """Training stopped after too many non-finite steps in a row (or an unguarded one)."""
+  """Training stopped after too many non-finite steps in a row, at the first one
+  (``on_nonfinite="stop"``), or at an unguarded one.
+
+  Attributes:
+    record: with ``debug_nans``, the :data:`NONFINITE_FILE` record of the step that
+      stopped the run (its ``"report"`` is ``NonFiniteReport.to_dict()``), else ``None``.
+  """
+
+  def __init__(self, message: str, record: dict | None = None):
+    super().__init__(message)
+    self.record = record
 
 
 class RunExistsError(FileExistsError):
@@ -121,6 +136,8 @@ class FitResult:
       (1-based epoch and batch).
     wall_time: seconds spent in :func:`fit`, compilation included.
     out_dir: the output directory, or ``None``.
+    nonfinite: with ``debug_nans``, the record of every non-finite step of this
+      session, as appended to ``nonfinite.json``.
   """
   state: TrainState
   history: list[Record]
@@ -129,6 +146,7 @@ class FitResult:
   wall_time: float
   out_dir: pathlib.Path | None = None
   skipped: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
+  nonfinite: list[Record] = dataclasses.field(default_factory=list)
 
   @property
   def final(self) -> Record:
@@ -239,7 +257,7 @@ class _Progress:
 # --- argument and input checks -------------------------------------------------------
 
 def _check_arguments(train_ds, *, epochs, batch_size, checkpoint_every, resume, out_dir,
-                     max_nonfinite) -> int:
+                     max_nonfinite, on_nonfinite) -> int:
   """Every argument check that needs no file; returns the steps per epoch."""
   if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
     raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
@@ -252,6 +270,9 @@ def _check_arguments(train_ds, *, epochs, batch_size, checkpoint_every, resume, 
   if (isinstance(max_nonfinite, bool) or not isinstance(max_nonfinite, (int, np.integer))
       or max_nonfinite < 1):
     raise ValueError(f"max_nonfinite must be an int >= 1, got {max_nonfinite!r}")
+  if on_nonfinite not in ON_NONFINITE:
+    raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, ON_NONFINITE))}, "
+                     f"got {on_nonfinite!r}")
   if resume and out_dir is None:
     raise ValueError("resume needs an output directory holding the checkpoints")
   return steps_per_epoch
@@ -392,8 +413,12 @@ class _StepLog:
   non-finite streak."""
 
   def __init__(self, max_nonfinite: int, notify, values: dict[str, list[float]],
-               last_scale: float | None):
+               last_scale: float | None, stop_at_first: bool = False, explain=None):
     self.max_nonfinite = max_nonfinite
+    self.stop_at_first = stop_at_first
+    # explain(step, epoch, batch, stopping) -> (one-line culprit, record) or None: the
+    # debug_nans re-run of a non-finite step (called before the run stops on it).
+    self.explain = explain
     self.notify = notify
     self.values = values
     self.pending: list[tuple[int, int, int, Metrics]] = []
@@ -446,16 +471,76 @@ class _StepLog:
     self.notify(f"step {step} (epoch {epoch}, batch {batch}): non-finite loss or gradient "
                 f"(loss {loss}, gradient norm {float(host.get('grad_norm', math.nan))}); "
                 f"step skipped, parameters and optimizer state unchanged", logging.WARNING)
+    stopping = self.stop_at_first or len(self.streak) >= self.max_nonfinite
+    found = self.explain(step, epoch, batch, stopping) if self.explain else None
+    culprit, record = found if found else ("", None)
+    if self.stop_at_first:
+      raise NonFiniteError(f"step {step} (epoch {epoch}, batch {batch}): non-finite loss or "
+                           f"gradient{culprit}: training stopped (on_nonfinite='stop'); "
+                           f"{self.checkpoint_hint}", record)
     if len(self.streak) >= self.max_nonfinite:
       (s0, e0, b0), (s1, e1, b1) = self.streak[0], self.streak[-1]
       raise NonFiniteError(f"{len(self.streak)} non-finite steps in a row, steps {s0}-{s1} "
-                           f"(epoch {e0}, batch {b0} to epoch {e1}, batch {b1}): training "
-                           f"stopped; {self.checkpoint_hint}")
+                           f"(epoch {e0}, batch {b0} to epoch {e1}, batch {b1}){culprit}: "
+                           f"training stopped; {self.checkpoint_hint}", record)
 
   def epoch_means(self) -> dict[str, float]:
     # float32 means over the epoch's steps, as numpy computes them from the step values.
     return {name: float(np.mean(np.asarray(v, np.float32))) for name, v in
             self.values.items()}
+
+
+# --- debug_nans: the report of a non-finite step -------------------------------------
+
+def _json_safe(x):
+  """``x`` with non-finite floats as the strings ``"NaN"``, ``"Infinity"``,
+  ``"-Infinity"`` (strict JSON has no literal for them) and tuples as lists."""
+  if isinstance(x, float) and not math.isfinite(x):
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+  if isinstance(x, dict):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, np.generic):
+    return _json_safe(x.item())
+  return x
+
+
+def append_nonfinite_record(out: pathlib.Path, record: Record, notify) -> pathlib.Path:
+  """Appends ``record`` to the JSON list in ``out/nonfinite.json`` (a resumed run adds to
+  its earlier records); returns the file written.  A file that is not such a list is
+  never replaced: the record goes to the first free ``nonfinite-N.json`` instead."""
+  path = out / NONFINITE_FILE
+  records: list = []
+  if path.exists():
+    try:
+      records = json.loads(path.read_text())
+    except (OSError, ValueError):
+      records = None
+    if not isinstance(records, list):
+      n = 2
+      while (out / f"nonfinite-{n}.json").exists():
+        n += 1
+      notify(f"{path}: not a list of records; leaving it as it is and writing "
+             f"nonfinite-{n}.json", logging.WARNING)
+      path, records = out / f"nonfinite-{n}.json", []
+  records.append(_json_safe(record))
+  _write_atomically(path, json.dumps(records, indent=1, allow_nan=False) + "\n")
+  return path
+
+
+def _culprit_phrase(report) -> str:
+  """``"; first non-finite value in the forward pass of `sqrt` at f.py:3 (loss)"``."""
+  if report.finite:
+    return ("; loss and gradient finite when re-run (a non-finite update or optimizer "
+            "state)")
+  if report.phase == "input":
+    return "; a non-finite input (the batch, the parameters or a closed-over value)"
+  if report.phase is None:
+    return "; no single equation found"
+  where = f" at {report.line}" if report.line else ""
+  layer = f" in {report.layer}" if report.layer else ""
+  return f"; first non-finite value in the {report.phase} pass of `{report.culprit}`{layer}{where}"
 
 
 # --- signals -------------------------------------------------------------------------
@@ -497,7 +582,11 @@ class _Run:
     self.start_step = int(jax.device_get(self.state.step))
     scale = self.state.loss_scale
     self.log = _StepLog(fit_args["max_nonfinite"], notify, position.epoch_values,
-                        None if scale is None else float(jax.device_get(scale.scale)))
+                        None if scale is None else float(jax.device_get(scale.scale)),
+                        stop_at_first=fit_args["on_nonfinite"] == "stop",
+                        explain=self.explain_nonfinite if fit_args["debug_nans"] else None)
+    self.nonfinite: list[Record] = []
+    self.before_step = None  # debug_nans: (step, batch, key, loss scale) of the last step
     self.losses: list[Any] = []
     self.label_bound: tuple[int, str] | None = None
     self.last_eval: dict[str, str] = {}
@@ -528,6 +617,34 @@ class _Run:
     where = self.ckpt.directory / str(self.last_saved) if self.last_saved is not None else None
     raise Interrupted(self.stop.signum, int(self.state.step), where)
 
+  # debug_nans
+  def explain_nonfinite(self, step: int, epoch: int, batch_index: int, stopping: bool):
+    """Re-runs the non-finite step ``step`` with ``find_nonfinite``; logs the report and
+    appends it to ``nonfinite.json``.  Returns ``(culprit phrase, record)``."""
+    if self.before_step is None or self.before_step[0] != step:
+      return None
+    _, batch, key, loss_scale = self.before_step
+    finder = getattr(self.a["train_step"], "find_nonfinite", None)
+    if finder is None:
+      self.notify(f"step {step}: debug_nans: the train step has no find_nonfinite "
+                  f"(use make_train_step)", logging.WARNING)
+      return None
+    # The step was skipped, so params and optimizer state are those it started from;
+    # only the step count, the key and the loss scale moved on.
+    start = self.state._replace(step=self.state.step - 1, key=key, loss_scale=loss_scale)
+    report, micro = finder(start, batch)
+    record: Record = {"step": step, "epoch": epoch, "batch": batch_index,
+                      "micro_batch": micro, "action": "stopped" if stopping else "skipped",
+                      "report": report.to_dict(), "text": str(report)}
+    written = ""
+    if self.out is not None:
+      written = f" (written to {append_nonfinite_record(self.out, record, self.notify)})"
+    self.nonfinite.append(record)
+    micro_text = f", micro-batch {micro}" if micro is not None else ""
+    self.notify(f"step {step} (epoch {epoch}, batch {batch_index}{micro_text}): "
+                f"{report}{written}", logging.WARNING)
+    return _culprit_phrase(report), record
+
   # labels
   def check_batch_labels(self, batch, epoch: int, i: int) -> None:
     if self.label_bound is None:
@@ -554,10 +671,16 @@ class _Run:
       if i < skip:
         continue  # done before the checkpoint this run resumed from
       self.check_batch_labels(batch, epoch, i)
+      step = self.start_step + len(self.losses) + 1
+      if a["debug_nans"]:
+        # Copies of what the (donating) step consumes and a skipped step does not keep.
+        self.before_step = (step, batch, jnp.copy(self.state.key),
+                            jax.tree.map(jnp.copy, self.state.loss_scale))
       self.state, metrics = a["train_step"](self.state, batch)
       self.losses.append(metrics["loss"])
-      step = self.start_step + len(self.losses)
       self.log.add(step, epoch + 1, i + 1, metrics)
+      if a["debug_nans"]:
+        self.log.flush()  # each step is checked at once, while its batch is at hand
       bar.step(i + 1, metrics, self.last_eval)
       if a["on_step"] is not None:
         a["on_step"](step, metrics)
@@ -632,6 +755,7 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
         resume: bool = False, overwrite: bool = False,
         checkpoint_every: int | None = None, max_to_keep: int = 3,
         max_nonfinite: int = DEFAULT_MAX_NONFINITE,
+        on_nonfinite: str = "skip", debug_nans: bool = False,
         config: Mapping[str, Any] | None = None, progress: bool = True,
         progress_every: int = 10, plot: bool = True, plot_interval: float = 10.0,
         plot_title: str = "",
@@ -671,6 +795,17 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
       epoch and at the end).
     max_to_keep: how many checkpoints to keep.
     max_nonfinite: stop after this many consecutive skipped non-finite steps.
+    on_nonfinite: ``"skip"`` (the default): a non-finite step is skipped and the run
+      goes on (until ``max_nonfinite`` in a row); ``"stop"``: the run stops at the
+      first one (:class:`NonFiniteError`, one line), keeping its last good checkpoint.
+    debug_nans: re-run every non-finite step (same state, batch and key) with
+      ``handgrad.inspect.find_nonfinite``: the report (the first equation that made a
+      NaN or inf, its source line, layer and diagnosis) is logged and appended to
+      ``out_dir/nonfinite.json`` (a JSON list of records: ``step``, ``epoch``,
+      ``batch``, ``micro_batch``, ``action``, ``report``, ``text``; non-finite numbers
+      as the strings ``"NaN"``/``"Infinity"``).  Each step's metrics are then fetched
+      right after it (one host sync per step); with ``debug_nans=False`` nothing of
+      this runs and the step is the same program.
     config: JSON-able settings of the run; stored in each checkpoint and, with
       ``epochs``, in ``config.json`` once the run is accepted; a resume with different
       settings (``epochs`` aside) is refused with a ``ValueError``.
@@ -698,14 +833,16 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
     RunExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite``.
     RunLockedError: another live process trains into ``out_dir``.
     CheckpointError: ``resume`` found checkpoints, none of them intact.
-    NonFiniteError: ``max_nonfinite`` non-finite steps in a row.
+    NonFiniteError: ``max_nonfinite`` non-finite steps in a row, or the first one with
+      ``on_nonfinite="stop"`` (with ``debug_nans``, its ``record`` holds the report).
     Interrupted: SIGTERM or SIGINT; the state is checkpointed first.
   """
   t0 = time.perf_counter()
   notify = _notifier(log)
   steps_per_epoch = _check_arguments(
       train_ds, epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every,
-      resume=resume, out_dir=out_dir, max_nonfinite=max_nonfinite)
+      resume=resume, out_dir=out_dir, max_nonfinite=max_nonfinite,
+      on_nonfinite=on_nonfinite)
   if num_classes is None:
     num_classes = getattr(train_ds, "num_classes", None)
   check_finite_inputs(train_ds, "training set")
@@ -716,7 +853,8 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
                   batch_size=batch_size, data_key=data_key, eval_step=eval_step,
                   eval_ds=eval_ds, eval_batch_size=eval_batch_size,
                   num_classes=num_classes, checkpoint_every=checkpoint_every,
-                  max_nonfinite=max_nonfinite, config=config, progress=progress,
+                  max_nonfinite=max_nonfinite, on_nonfinite=on_nonfinite,
+                  debug_nans=bool(debug_nans), config=config, progress=progress,
                   progress_every=progress_every, plot=plot, plot_interval=plot_interval,
                   plot_title=plot_title, on_step=on_step, on_epoch=on_epoch,
                   handle_signals=handle_signals, steps_per_epoch=steps_per_epoch)
@@ -750,4 +888,4 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
                  else np.zeros(0, np.float32))
   return FitResult(state=session.state, history=session.history, step_losses=step_losses,
                    start_step=session.start_step, wall_time=time.perf_counter() - t0,
-                   out_dir=out, skipped=session.log.skipped)
+                   out_dir=out, skipped=session.log.skipped, nonfinite=session.nonfinite)

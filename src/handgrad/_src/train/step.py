@@ -29,6 +29,10 @@ from jax import lax
 
 from handgrad._src import api
 from handgrad._src.data.batching import batches as _batches
+# The training code sits above the inspection tools: it may import them, never the
+# other way round (tests/_src/test_layering.py).
+from handgrad._src.inspect.monitor import gradient_stats
+from handgrad._src.inspect.nonfinite import find_nonfinite
 from handgrad._src.rules.layers import softmax_cross_entropy
 from handgrad._src.train import mixed_precision
 from handgrad._src.train.state import Params, TrainState
@@ -196,14 +200,51 @@ def _monitor_fn(monitor) -> Callable | None:
   if monitor is False or monitor is None:
     return None
   if monitor is True:
-    # The per-parameter statistics of handgrad.inspect (imported here, when asked for:
-    # the training code does not depend on the inspection tools otherwise).
-    from handgrad._src.inspect.monitor import gradient_stats
-    return gradient_stats
+    return gradient_stats  # the per-parameter statistics of handgrad.inspect
   if callable(monitor):
     return monitor
   raise TypeError(f"monitor must be a bool or a function grads -> statistics, got "
                   f"{type(monitor).__name__}")
+
+
+def _nonfinite_finder(full_loss: Callable, frozen: FrozenSpec, k: int,
+                      loss_scale) -> Callable:
+  """``find(state, batch) -> (report, micro_batch)``: the step of ``state`` on ``batch``
+  re-run with ``handgrad.inspect.find_nonfinite`` (the hand engine, whatever the
+  backend), with the very key and loss scale the step used.
+
+  ``state`` is the state the step started from.  With ``accumulate=k`` the micro-batches
+  are examined in order and the first one with a culprit is reported (``micro_batch``
+  its index; ``None`` for ``k == 1``); when all are finite, the last report says so.
+  """
+  def find(state: TrainState, batch: Batch):
+    _, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+    scale = None
+    if loss_scale is not None and state.loss_scale is not None:
+      scale = state.loss_scale.scale
+    if frozen is None:
+      fun, head = full_loss, (state.params,)
+    else:
+      trainable, fixed = partition(state.params, frozen_mask(state.params, frozen))
+
+      def fun(trainable, fixed, batch, key, scale):
+        return full_loss(combine(trainable, jax.tree.map(lax.stop_gradient, fixed)),
+                         batch, key, scale)
+      head = (trainable, fixed)
+    micro = [(None, batch, sub)] if k == 1 else [
+        (i, jax.tree.map(lambda a, i=i: a[i], _split_micro(batch, k)),
+         jax.random.fold_in(sub, i)) for i in range(k)]
+    report = index = None
+    for index, mb, key in micro:
+      # The loss scale goes to find_nonfinite (which multiplies the value by it, as the
+      # step does, and says whether the scaler skips the step), not to the loss.
+      report = find_nonfinite(fun, *head, mb, key, None, argnums=0, has_aux=True,
+                              loss_scale=scale)
+      if not report.finite:
+        break
+    return report, index
+
+  return find
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
@@ -264,6 +305,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     ``train_step(state, batch) -> (new_state, metrics)`` with ``metrics`` a dict of
     float32 ``[]``: ``"loss"``, every aux metric, ``"skipped"`` (1 for a skipped step)
     and ``"grad_norm"``, the global norm of the (accumulated) gradient before clipping.
+    The step has a ``find_nonfinite(state, batch) -> (NonFiniteReport, micro_batch)``
+    attribute: the same step (``state`` the state it started from, the same key and
+    loss scale) re-run with ``handgrad.inspect.find_nonfinite``, which ``fit(debug_nans=
+    True)`` calls on a non-finite step; the step itself is unchanged by it.
     When ``loss_fn`` knows the width of the model's output (``classification_loss``),
     the step has a ``num_outputs(state, batch) -> int`` attribute, which ``fit`` uses to
     check the labels.
@@ -296,6 +341,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     return new_state, metrics
 
   step = jax.jit(train_step, donate_argnums=(0,) if donate else ()) if jit else train_step
+  step.find_nonfinite = _nonfinite_finder(_scaled_loss(loss_fn, has_aux), frozen, k,
+                                          loss_scale)
   num_outputs = getattr(loss_fn, "num_outputs", None)
   if num_outputs is not None:
     step.num_outputs = lambda state, batch: num_outputs(state.params, batch)

@@ -1,0 +1,57 @@
+"""The layering of handgrad._src: the inspection tools sit below the training code (train
+may import inspect, inspect never imports train), and the library modules import each
+other, never the public ``handgrad`` package."""
+
+import ast
+import importlib
+import pathlib
+import pkgutil
+
+import pytest
+
+import handgrad._src
+
+SRC = pathlib.Path(handgrad._src.__file__).parent
+SUBPACKAGES = sorted(m.name for m in pkgutil.iter_modules([str(SRC)]) if m.ispkg)
+
+
+def _imported(path: pathlib.Path) -> list[tuple[int, str]]:
+  """``(line, module)`` of every import in a file, function-level ones included
+  (``from a import b`` gives ``a`` and ``a.b``)."""
+  out = []
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      out += [(node.lineno, a.name) for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      out.append((node.lineno, node.module))
+      out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+  return out
+
+
+def _files(package: str) -> list[pathlib.Path]:
+  return sorted((SRC / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", SUBPACKAGES)
+def test_every_subpackage_imports(package):
+  importlib.import_module(f"handgrad._src.{package}")
+  for info in pkgutil.walk_packages([str(SRC / package)], f"handgrad._src.{package}."):
+    importlib.import_module(info.name)
+
+
+def test_inspect_never_imports_train():
+  assert {"inspect", "train"} <= set(SUBPACKAGES)
+  bad = [f"{path.relative_to(SRC)}:{line}: {name}" for path in _files("inspect")
+         for line, name in _imported(path)
+         if name == "handgrad._src.train" or name.startswith("handgrad._src.train.")
+         or name == "handgrad.train" or name.startswith("handgrad.train.")]
+  assert not bad, "handgrad._src.inspect imports the training code:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("package", ["cli", "inspect", "train"])
+def test_no_public_handgrad_import_inside_src(package):
+  bad = [f"{path.relative_to(SRC)}:{line}: {name}" for path in _files(package)
+         for line, name in _imported(path)
+         if name == "handgrad" or (name.startswith("handgrad.")
+                                   and not name.startswith("handgrad._src"))]
+  assert not bad, "imports of the public package inside _src:\n" + "\n".join(bad)
