@@ -21,9 +21,9 @@ from handgrad._src.registry import defvjp_unary
 from handgrad._src.second_order import hessian
 from handgrad._src.second_order import hvp
 from handgrad._src.second_order import hvp_reverse
-from handgrad._src.second_order import print_saved_residuals
-from handgrad._src.second_order import saved_residuals
-from handgrad._src.second_order import top_hessian_eigenvalues
+from handgrad._src.inspect.residuals import print_saved_residuals
+from handgrad._src.inspect.residuals import saved_residuals
+from handgrad._src.inspect.spectrum import top_hessian_eigenvalues
 from handgrad._src.registry import registry
 from handgrad import ops
 from handgrad import data

@@ -22,8 +22,8 @@ as part of the (jitted) step:
 
 from handgrad._src.train.clipping import clip_grad_norm
 from handgrad._src.train.clipping import clip_grad_value
-from handgrad._src.graph import ComputationGraph
-from handgrad._src.graph import make_graph
+from handgrad._src.inspect.graph import ComputationGraph
+from handgrad._src.inspect.graph import make_graph
 from handgrad._src.train.clipping import total_norm
 from handgrad._src.inspect.exploding import GradRank
 from handgrad._src.inspect.exploding import explain_exploding
@@ -51,11 +51,11 @@ from handgrad._src.inspect.zero_grads import ZeroGradReport
 from handgrad._src.inspect.zero_grads import dead_relu_report
 from handgrad._src.inspect.zero_grads import find_zero_gradients
 from handgrad._src.inspect.zero_grads import format_zero_gradients
-from handgrad._src.second_order import Residual
-from handgrad._src.second_order import Spectrum
-from handgrad._src.second_order import print_saved_residuals
-from handgrad._src.second_order import saved_residuals
-from handgrad._src.second_order import top_hessian_eigenvalues
+from handgrad._src.inspect.residuals import Residual
+from handgrad._src.inspect.spectrum import Spectrum
+from handgrad._src.inspect.residuals import print_saved_residuals
+from handgrad._src.inspect.residuals import saved_residuals
+from handgrad._src.inspect.spectrum import top_hessian_eigenvalues
 
 __all__ = [
     "ArrayStats", "BackwardTrace", "ComputationGraph", "DeadReLU", "GradRank", "GradStats",

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
   import jax.numpy as jnp
 
   from handgrad._src.data.mnist import load_mnist
-  from handgrad._src.graph import make_graph
+  from handgrad._src.inspect.graph import make_graph
   from handgrad._src.nn.mlp import mlp
   from handgrad._src.rules.layers import softmax_cross_entropy
 

@@ -9,7 +9,7 @@ import pytest
 
 import handgrad as hg
 import handgrad.nn
-from handgrad._src import graph as graph_lib
+from handgrad._src.inspect import graph as graph_lib
 from handgrad._src import render
 
 
