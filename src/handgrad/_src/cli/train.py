@@ -146,7 +146,98 @@ def add_parser(sub) -> None:
   g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
                  help="record per-parameter gradient statistics every N steps; writes "
                       "grad_stats.jsonl and gradient_flow.png and prints a health check")
+  _add_mesh_arguments(p)
   p.set_defaults(run=run)
+
+
+# --- many devices and many hosts: --mesh, --sharding, jax.distributed ---------------
+
+def _add_mesh_arguments(p) -> None:
+  g = p.add_argument_group("many devices and hosts")
+  g.add_argument("--mesh", metavar="AXES", default=None,
+                 help="train on a device mesh over every device, e.g. data=8 or "
+                      "data=4,model=2 (on CPU, set XLA_FLAGS="
+                      "--xla_force_host_platform_device_count=N first)")
+  g.add_argument("--sharding", choices=["data", "fsdp", "megatron"], default=None,
+                 help="with --mesh: data parallel (default; megatron when the mesh has "
+                      "a model axis), fsdp (parameters and optimizer state split along "
+                      "data), megatron (transformer heads split along model)")
+  g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                 help="jax.distributed coordinator address (process 0 listens there); "
+                      "default: JAX's own detection (SLURM, TPU pods, "
+                      "JAX_COORDINATOR_ADDRESS)")
+  g.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                 help="number of processes (with --coordinator)")
+  g.add_argument("--process-id", type=int, default=None, metavar="I",
+                 help="this process's index in [0, N) (with --coordinator)")
+
+
+def _distributed(args) -> None:
+  """``jax.distributed.initialize`` from the flags (or JAX's environment variables),
+  before anything touches a device.  Nothing to do for a single process."""
+  import jax
+
+  given = [args.coordinator, args.num_processes, args.process_id]
+  env = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if all(v is None for v in given) and not env:
+    return
+  if any(v is None for v in given) and not all(v is None for v in given):
+    raise CommandError("--coordinator, --num-processes and --process-id go together "
+                       "(or set none and let JAX read its environment)")
+  if args.process_id is not None and not 0 <= args.process_id < args.num_processes:
+    raise CommandError(f"--process-id {args.process_id} is not in [0, "
+                       f"{args.num_processes})")
+  if jax.config.jax_platforms in (None, "", "cpu") and not jax.config.read(
+      "jax_cpu_collectives_implementation"):
+    # CPU devices of several processes talk through gloo (JAX's default is none).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes,
+                               process_id=args.process_id,
+                               initialization_timeout=120)
+  except Exception as e:  # noqa: BLE001 - jax raises RuntimeError/ValueError/XlaRuntimeError
+    raise CommandError(f"jax.distributed.initialize failed: "
+                       f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+                       ) from None
+
+
+def _mesh(args):
+  """The mesh of ``--mesh`` (``None`` without it), checked against the devices."""
+  import math
+
+  import jax
+
+  from handgrad import train
+  from handgrad._src import parallel
+
+  if args.mesh is None:
+    if args.sharding is not None:
+      raise CommandError("--sharding needs --mesh (e.g. --mesh data=8)")
+    return None
+  try:
+    axes = parallel.parse_mesh(args.mesh)
+  except ValueError as e:
+    raise CommandError(f"--mesh {args.mesh}: {str(e).removeprefix('mesh: ')}") from None
+  need, have = math.prod(axes.values()), jax.device_count()
+  if need != have:
+    platform = jax.devices()[0].platform
+    raise CommandError(
+        f"--mesh {args.mesh} needs {need} devices, there are {have} ({platform}); on CPU "
+        f"set XLA_FLAGS=--xla_force_host_platform_device_count={need} before running")
+  if args.sharding is None:
+    args.sharding = "megatron" if "model" in axes else "data"
+  mesh = train.make_mesh(axes)
+  try:
+    train.check_strategy(mesh, args.sharding)
+  except ValueError as e:
+    raise CommandError(f"--sharding {args.sharding}: {e}") from None
+  if args.batch_size % axes.get("data", 1) or (
+      args.batch_size // args.accumulate) % axes.get("data", 1):
+    raise CommandError(f"--batch-size {args.batch_size} (per micro-batch "
+                       f"{args.batch_size // args.accumulate}) is not a multiple of the "
+                       f"mesh's data axis ({axes.get('data', 1)})")
+  return mesh
 
 
 @dataclasses.dataclass
@@ -275,6 +366,7 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   from handgrad import data as hg_data
   from handgrad import train
 
+  _distributed(args)
   train.quiet_orbax()
   train_ds, test_ds = hg_data.load_mnist(args.data_dir)
   if args.subset is not None:
@@ -284,6 +376,7 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   _validate(args, len(train_ds))
   epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
 
+  mesh = _mesh(args)
   model = _model(args.model, remat=args.remat)
   frozen = list(args.freeze) if args.freeze else None
   if frozen is not None:  # an unknown prefix fails here, naming the parameters
@@ -307,9 +400,10 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   step = train.make_train_step(
       train.classification_loss(model.apply, precision=args.precision), tx,
       backend=args.backend, accumulate=args.accumulate, frozen=frozen,
-      loss_scale=loss_scale, monitor=args.monitor is not None)
+      loss_scale=loss_scale, monitor=args.monitor is not None, mesh=mesh,
+      sharding=args.sharding or "data")
   eval_step = train.make_eval_step(
-      train.classification_eval(model.apply, precision=args.precision))
+      train.classification_eval(model.apply, precision=args.precision), mesh=mesh)
   monitor = on_step = None
   if args.monitor is not None:
     from handgrad import inspect as hg_inspect
@@ -329,7 +423,8 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
       out_dir=out, resume=args.resume, overwrite=args.overwrite,
       checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
       config=config, progress=not args.no_progress, on_step=on_step,
-      plot_title=f"handgrad train: {model.description}, backend {args.backend}")
+      plot_title=f"handgrad train: {model.description}, backend {args.backend}",
+      mesh=mesh)
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
   print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0)
         + monitor_report, file=out_stream)
