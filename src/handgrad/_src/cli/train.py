@@ -163,9 +163,9 @@ def _add_mesh_arguments(p) -> None:
                       "a model axis), fsdp (parameters and optimizer state split along "
                       "data), megatron (transformer heads split along model)")
   g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
-                 help="jax.distributed coordinator address (process 0 listens there); "
-                      "default: JAX's own detection (SLURM, TPU pods, "
-                      "JAX_COORDINATOR_ADDRESS)")
+                 help="run as one of several processes (jax.distributed): process 0 "
+                      "listens at HOST:PORT; 'auto' lets JAX find the cluster (SLURM, "
+                      "Open MPI, TPU pod slices); also started by JAX_COORDINATOR_ADDRESS")
   g.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
                  help="number of processes (with --coordinator)")
   g.add_argument("--process-id", type=int, default=None, metavar="I",
@@ -181,15 +181,19 @@ def _distributed(args) -> None:
   env = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if all(v is None for v in given) and not env:
     return
-  if any(v is None for v in given) and not all(v is None for v in given):
+  if args.coordinator == "auto":
+    if args.num_processes is not None or args.process_id is not None:
+      raise CommandError("--coordinator auto finds the processes itself: drop "
+                         "--num-processes and --process-id")
+    args.coordinator = None
+  elif any(v is None for v in given) and not all(v is None for v in given):
     raise CommandError("--coordinator, --num-processes and --process-id go together "
                        "(or set none and let JAX read its environment)")
   if args.process_id is not None and not 0 <= args.process_id < args.num_processes:
     raise CommandError(f"--process-id {args.process_id} is not in [0, "
                        f"{args.num_processes})")
-  if jax.config.jax_platforms in (None, "", "cpu") and not jax.config.read(
-      "jax_cpu_collectives_implementation"):
-    # CPU devices of several processes talk through gloo (JAX's default is none).
+  if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+    # CPU devices of several processes talk through gloo (the default on jax 0.10).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(coordinator_address=args.coordinator,
@@ -237,7 +241,22 @@ def _mesh(args):
     raise CommandError(f"--batch-size {args.batch_size} (per micro-batch "
                        f"{args.batch_size // args.accumulate}) is not a multiple of the "
                        f"mesh's data axis ({axes.get('data', 1)})")
+  if jax.process_count() > 1:
+    if args.resume:
+      raise CommandError(f"--resume with {jax.process_count()} processes is not supported: "
+                         "resume the run in one process (any mesh), then go on")
+    if args.sharding != "data":
+      raise CommandError(f"--sharding {args.sharding} with {jax.process_count()} processes "
+                         "is not supported (process 0 checkpoints a replicated state): "
+                         "use --sharding data")
   return mesh
+
+
+def _primary() -> bool:
+  """Whether this process writes the run's files (process 0 of a jax.distributed job;
+  the others train alongside and write nothing)."""
+  import jax
+  return jax.process_index() == 0
 
 
 @dataclasses.dataclass
@@ -377,6 +396,9 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
 
   mesh = _mesh(args)
+  if jax.process_count() > 1 and mesh is None:
+    raise CommandError(f"{jax.process_count()} processes need --mesh over all "
+                       f"{jax.device_count()} devices (e.g. --mesh data={jax.device_count()})")
   model = _model(args.model, remat=args.remat)
   frozen = list(args.freeze) if args.freeze else None
   if frozen is not None:  # an unknown prefix fails here, naming the parameters
@@ -420,11 +442,13 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   result = train.fit(
       step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
-      out_dir=out, resume=args.resume, overwrite=args.overwrite,
+      out_dir=out if _primary() else None, resume=args.resume, overwrite=args.overwrite,
       checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
-      config=config, progress=not args.no_progress, on_step=on_step,
+      config=config, progress=not args.no_progress and _primary(), on_step=on_step,
       plot_title=f"handgrad train: {model.description}, backend {args.backend}",
       mesh=mesh)
+  if not _primary():
+    return 0
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
   print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0)
         + monitor_report, file=out_stream)
