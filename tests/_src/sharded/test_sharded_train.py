@@ -72,3 +72,18 @@ def test_mesh_larger_than_the_devices_is_one_line(tmp_path, capsys):
   assert rc != 0 and len(err) == 1, err
   assert "--mesh data=8 needs 8 devices, there are 1" in err[0]
   assert "XLA_FLAGS=--xla_force_host_platform_device_count=8" in err[0]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sharding", "fsdp"], "--sharding needs --mesh"),
+    (["--coordinator", "127.0.0.1:1"], "--coordinator, --num-processes and --process-id go together"),
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+     "--process-id 2 is not in [0, 2)"),
+    (["--mesh", "data=x"], "--mesh data=x: size 'x' of axis 'data' is not a positive integer"),
+])
+def test_mesh_and_process_flags_are_checked(tmp_path, capsys, flags, message):
+  rc = cli_main(["train", "--subset", "64", "--epochs", "1", "--no-progress", *flags,
+                 "--out", str(tmp_path / "run")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc != 0 and len(err) == 1, err
+  assert message in err[0], err

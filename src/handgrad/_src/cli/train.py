@@ -252,6 +252,14 @@ def _mesh(args):
   return mesh
 
 
+def _mesh_description(args) -> str:
+  import jax
+  hosts = jax.process_count()
+  return (f"{args.mesh}, {args.sharding} sharding, {jax.device_count()} "
+          f"{jax.devices()[0].platform} devices"
+          + (f" in {hosts} processes (process 0 writes the files)" if hosts > 1 else ""))
+
+
 def _primary() -> bool:
   """Whether this process writes the run's files (process 0 of a jax.distributed job;
   the others train alongside and write nothing)."""
@@ -366,6 +374,8 @@ def _summary(result, args, model: _Model, data_desc: str, epochs: int, out: path
                                       else "")),
       ("output", f"{out}/ (metrics.jsonl, curves.png, checkpoints/)"),
   ]
+  if args.mesh is not None:
+    pairs.insert(3, ("mesh", _mesh_description(args)))
   width = max(len(k) for k, _ in pairs)
   return epoch_table + "\n\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in pairs)
 
