@@ -41,6 +41,10 @@ from handgrad._src.train.loop import fit
 from handgrad._src.train.loop import plot_curves
 from handgrad._src.train.loop import previous_run
 from handgrad._src.train.loop import read_metrics
+from handgrad._src.train.mesh import STRATEGIES
+from handgrad._src.train.mesh import check_strategy
+from handgrad._src.train.mesh import make_mesh
+from handgrad._src.train.mesh import state_shardings
 from handgrad._src.train.mixed_precision import DynamicLossScale
 from handgrad._src.train.mixed_precision import LossScaleState
 from handgrad._src.train.mixed_precision import Policy
@@ -77,6 +81,6 @@ __all__ = [
     "classification_eval", "classification_loss", "clipping", "combine",
     "create_train_state", "evaluate", "fit", "freeze", "frozen_mask", "frozen_paths",
     "make_eval_step", "make_optimizer", "make_train_step", "partition", "plot_curves",
-    "previous_run",
+    "previous_run", "STRATEGIES", "check_strategy", "make_mesh", "state_shardings",
     "quiet_orbax", "read_metrics", "value_and_grad",
 ]

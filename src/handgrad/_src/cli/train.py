@@ -156,7 +156,125 @@ def add_parser(sub) -> None:
   g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
                  help="record per-parameter gradient statistics every N steps; writes "
                       "grad_stats.jsonl and gradient_flow.png and prints a health check")
+  _add_mesh_arguments(p)
   p.set_defaults(run=run)
+
+
+# --- many devices and many hosts: --mesh, --sharding, jax.distributed ---------------
+
+def _add_mesh_arguments(p) -> None:
+  g = p.add_argument_group("many devices and hosts")
+  g.add_argument("--mesh", metavar="AXES", default=None,
+                 help="train on a device mesh over every device, e.g. data=8 or "
+                      "data=4,model=2 (on CPU, set XLA_FLAGS="
+                      "--xla_force_host_platform_device_count=N first)")
+  g.add_argument("--sharding", choices=["data", "fsdp", "megatron"], default=None,
+                 help="with --mesh: data parallel (default; megatron when the mesh has "
+                      "a model axis), fsdp (parameters and optimizer state split along "
+                      "data), megatron (transformer heads split along model)")
+  g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                 help="run as one of several processes (jax.distributed): process 0 "
+                      "listens at HOST:PORT; 'auto' lets JAX find the cluster (SLURM, "
+                      "Open MPI, TPU pod slices); also started by JAX_COORDINATOR_ADDRESS")
+  g.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                 help="number of processes (with --coordinator)")
+  g.add_argument("--process-id", type=int, default=None, metavar="I",
+                 help="this process's index in [0, N) (with --coordinator)")
+
+
+def _distributed(args) -> None:
+  """``jax.distributed.initialize`` from the flags (or JAX's environment variables),
+  before anything touches a device.  Nothing to do for a single process."""
+  import jax
+
+  given = [args.coordinator, args.num_processes, args.process_id]
+  env = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if all(v is None for v in given) and not env:
+    return
+  if args.coordinator == "auto":
+    if args.num_processes is not None or args.process_id is not None:
+      raise CommandError("--coordinator auto finds the processes itself: drop "
+                         "--num-processes and --process-id")
+    args.coordinator = None
+  elif any(v is None for v in given) and not all(v is None for v in given):
+    raise CommandError("--coordinator, --num-processes and --process-id go together "
+                       "(or set none and let JAX read its environment)")
+  if args.process_id is not None and not 0 <= args.process_id < args.num_processes:
+    raise CommandError(f"--process-id {args.process_id} is not in [0, "
+                       f"{args.num_processes})")
+  if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+    # CPU devices of several processes talk through gloo (the default on jax 0.10).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes,
+                               process_id=args.process_id,
+                               initialization_timeout=120)
+  except Exception as e:  # noqa: BLE001 - jax raises RuntimeError/ValueError/XlaRuntimeError
+    raise CommandError(f"jax.distributed.initialize failed: "
+                       f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+                       ) from None
+
+
+def _mesh(args):
+  """The mesh of ``--mesh`` (``None`` without it), checked against the devices."""
+  import math
+
+  import jax
+
+  from handgrad._src import parallel
+  from handgrad._src.train import mesh as train_mesh
+
+  if args.mesh is None:
+    if args.sharding is not None:
+      raise CommandError("--sharding needs --mesh (e.g. --mesh data=8)")
+    return None
+  try:
+    axes = parallel.parse_mesh(args.mesh)
+  except ValueError as e:
+    raise CommandError(f"--mesh {args.mesh}: {str(e).removeprefix('mesh: ')}") from None
+  need, have = math.prod(axes.values()), jax.device_count()
+  if need != have:
+    platform = jax.devices()[0].platform
+    raise CommandError(
+        f"--mesh {args.mesh} needs {need} devices, there are {have} ({platform}); on CPU "
+        f"set XLA_FLAGS=--xla_force_host_platform_device_count={need} before running")
+  if args.sharding is None:
+    args.sharding = "megatron" if "model" in axes else "data"
+  mesh = train_mesh.make_mesh(axes)
+  try:
+    train_mesh.check_strategy(mesh, args.sharding)
+  except ValueError as e:
+    raise CommandError(f"--sharding {args.sharding}: {e}") from None
+  if args.batch_size % axes.get("data", 1) or (
+      args.batch_size // args.accumulate) % axes.get("data", 1):
+    raise CommandError(f"--batch-size {args.batch_size} (per micro-batch "
+                       f"{args.batch_size // args.accumulate}) is not a multiple of the "
+                       f"mesh's data axis ({axes.get('data', 1)})")
+  if jax.process_count() > 1:
+    if args.resume:
+      raise CommandError(f"--resume with {jax.process_count()} processes is not supported: "
+                         "resume the run in one process (any mesh), then go on")
+    if args.sharding != "data":
+      raise CommandError(f"--sharding {args.sharding} with {jax.process_count()} processes "
+                         "is not supported (process 0 checkpoints a replicated state): "
+                         "use --sharding data")
+  return mesh
+
+
+def _mesh_description(args) -> str:
+  import jax
+  hosts = jax.process_count()
+  return (f"{args.mesh}, {args.sharding} sharding, {jax.device_count()} "
+          f"{jax.devices()[0].platform} devices"
+          + (f" in {hosts} processes (process 0 writes the files)" if hosts > 1 else ""))
+
+
+def _primary() -> bool:
+  """Whether this process writes the run's files (process 0 of a jax.distributed job;
+  the others train alongside and write nothing)."""
+  import jax
+  return jax.process_index() == 0
 
 
 @dataclasses.dataclass
@@ -268,6 +386,8 @@ def _summary(result, args, model: _Model, data_desc: str, epochs: int, out: path
                                       else "")),
       ("output", f"{out}/ (metrics.jsonl, curves.png, checkpoints/)"),
   ]
+  if args.mesh is not None:
+    pairs.insert(3, ("mesh", _mesh_description(args)))
   width = max(len(k) for k, _ in pairs)
   return epoch_table + "\n\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in pairs)
 
@@ -296,6 +416,7 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   from handgrad._src.train.transforms import frozen_mask
   from handgrad._src.train.transforms import make_optimizer
 
+  _distributed(args)
   quiet_orbax()
   train_ds, test_ds = hg_data.load_mnist(args.data_dir)
   if args.subset is not None:
@@ -305,6 +426,10 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   _validate(args, len(train_ds))
   epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
 
+  mesh = _mesh(args)
+  if jax.process_count() > 1 and mesh is None:
+    raise CommandError(f"{jax.process_count()} processes need --mesh over all "
+                       f"{jax.device_count()} devices (e.g. --mesh data={jax.device_count()})")
   model = _model(args.model, remat=args.remat)
   frozen = list(args.freeze) if args.freeze else None
   if frozen is not None:  # an unknown prefix fails here, naming the parameters
@@ -328,9 +453,10 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   step = make_train_step(
       classification_loss(model.apply, precision=args.precision), tx,
       backend=args.backend, accumulate=args.accumulate, frozen=frozen,
-      loss_scale=loss_scale, monitor=args.monitor is not None)
+      loss_scale=loss_scale, monitor=args.monitor is not None, mesh=mesh,
+      sharding=args.sharding or "data")
   eval_step = make_eval_step(
-      classification_eval(model.apply, precision=args.precision))
+      classification_eval(model.apply, precision=args.precision), mesh=mesh)
   monitor = on_step = None
   if args.monitor is not None:
     from handgrad._src.inspect.monitor import GradientMonitor
@@ -347,10 +473,14 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   result = loop.fit(
       step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
-      out_dir=out, resume=args.resume, overwrite=args.overwrite,
+      out_dir=out if _primary() else None, resume=args.resume, overwrite=args.overwrite,
       checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
-      on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config, progress=not args.no_progress, on_step=on_step,
-      plot_title=f"handgrad train: {model.description}, backend {args.backend}")
+      on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config,
+      progress=not args.no_progress and _primary(), on_step=on_step,
+      plot_title=f"handgrad train: {model.description}, backend {args.backend}",
+      mesh=mesh)
+  if not _primary():
+    return 0
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
   print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0)
         + monitor_report, file=out_stream)

@@ -158,6 +158,13 @@ class Checkpointer:
     ocp = self._ocp
     options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
                                            enable_async_checkpointing=False)
+    if jax.process_count() > 1:
+      # Several processes (jax.distributed): only process 0 checkpoints, from its host
+      # copy of the (replicated) state; the other processes make no Checkpointer.
+      # (orbax refuses create=True then: the directory exists, made in __init__.)
+      options.create = False
+      options.multiprocessing_options = ocp.options.MultiprocessingOptions(
+          primary_host=0, active_processes={0})
     return ocp.CheckpointManager(self.directory, options=options)
 
   def _remove_tmp_dirs(self) -> None:
@@ -193,7 +200,8 @@ class Checkpointer:
     with signals_deferred():
       try:
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.StandardSave(state if jax.process_count() == 1 else host),
+            meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
       except Exception as e:  # noqa: BLE001 - orbax raises bare Exceptions
         self._remove_tmp_dirs()

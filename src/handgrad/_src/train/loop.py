@@ -762,7 +762,7 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
         on_step: Callable[[int, Metrics], None] | None = None,
         on_epoch: Callable[[Record], None] | None = None,
         log: Callable[[str], None] | None = None,
-        handle_signals: bool = True) -> FitResult:
+        handle_signals: bool = True, mesh: Any = None) -> FitResult:
   """Trains ``state`` for ``epochs`` epochs of ``train_ds``.
 
   Args:
@@ -822,6 +822,9 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
     log: where notices go, one string each (default: the ``logging.getLogger(
       "handgrad")`` logger; warnings for skipped steps and damaged checkpoints).
     handle_signals: stop cleanly on SIGTERM and a first Ctrl-C (main thread only).
+    mesh: the mesh ``train_step`` was made for (``make_train_step(..., mesh=mesh)``);
+      ``state`` is placed on it first, and a resumed checkpoint is restored onto it,
+      whatever mesh (or single device) it was saved from.
 
   Returns:
     A :class:`FitResult`.
@@ -849,6 +852,11 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
   if eval_step is not None and eval_ds is not None:
     check_finite_inputs(eval_ds, "evaluation set")
   config = dict(config or {})
+  if mesh is not None:
+    if getattr(train_step, "mesh", None) is not mesh:
+      raise ValueError("fit(mesh=...) needs a train step made for that mesh: "
+                       "make_train_step(..., mesh=mesh)")
+    state = train_step.place(state)
   fit_args = dict(train_step=train_step, train_ds=train_ds, epochs=epochs,
                   batch_size=batch_size, data_key=data_key, eval_step=eval_step,
                   eval_ds=eval_ds, eval_batch_size=eval_batch_size,

@@ -251,7 +251,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     backend: str = "hand", accumulate: int = 1, frozen: FrozenSpec = None,
                     loss_scale: mixed_precision.DynamicLossScale | None = None,
                     monitor: bool | Callable = False, has_aux: bool = True,
-                    donate: bool = True, jit: bool = True) -> TrainStep:
+                    donate: bool = True, jit: bool = True, mesh: Any = None,
+                    sharding: str = "data") -> TrainStep:
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted and donating ``state``.
 
   One call is one optimizer step:
@@ -300,6 +301,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     donate: donate the input state's buffers to the output (``donate_argnums=0``); the
       state passed in must not be used afterwards.
     jit: return the ``jax.jit``-ed step (``False`` is for debugging).
+    mesh: a ``jax.sharding.Mesh`` (``handgrad.train.make_mesh("data=8")``) to run the
+      step on all its devices; ``None``: one device.  See ``handgrad.train.mesh``.
+    sharding: with a mesh, ``"data"`` (batch split along ``data``, state replicated),
+      ``"fsdp"`` (state split along ``data`` too) or ``"megatron"`` (transformer
+      heads and hidden units split along ``model``).  The step places the state and
+      each batch itself; ``step.place(state)`` places a state ahead of time.
 
   Returns:
     ``train_step(state, batch) -> (new_state, metrics)`` with ``metrics`` a dict of
@@ -340,7 +347,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                            key=jax.random.key_data(rng), loss_scale=scale_state)
     return new_state, metrics
 
-  step = jax.jit(train_step, donate_argnums=(0,) if donate else ()) if jit else train_step
+  if mesh is not None:
+    from handgrad._src.train import mesh as mesh_lib
+    step = mesh_lib.on_mesh(train_step, mesh, sharding, donate=donate)
+  else:
+    step = jax.jit(train_step, donate_argnums=(0,) if donate else ()) if jit else train_step
   step.find_nonfinite = _nonfinite_finder(_scaled_loss(loss_fn, has_aux), frozen, k,
                                           loss_scale)
   num_outputs = getattr(loss_fn, "num_outputs", None)
@@ -349,14 +360,19 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   return step
 
 
-def make_eval_step(eval_fn: EvalFn, *, jit: bool = True) -> Callable[[Params, Batch], Metrics]:
+def make_eval_step(eval_fn: EvalFn, *, jit: bool = True,
+                   mesh: Any = None) -> Callable[[Params, Batch], Metrics]:
   """``eval_step(params, batch) -> sums``, jitted; no gradients, nothing donated.
 
   ``eval_fn(params, batch)`` returns a dict of *sums* over the batch's real rows plus
   ``"count"``, the number of real rows (``Σ mask``), so that :func:`evaluate` can
   average over a dataset whose last batch is padded.  See
-  :func:`classification_eval`.
+  :func:`classification_eval`.  With ``mesh``, the batch is replicated on its devices
+  and the parameters stay where they are (e.g. sharded by the train step).
   """
+  if mesh is not None:
+    from handgrad._src.train import mesh as mesh_lib
+    return mesh_lib.eval_on_mesh(eval_fn, mesh)
   return jax.jit(eval_fn) if jit else eval_fn
 
 
