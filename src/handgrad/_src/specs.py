@@ -37,7 +37,7 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 from jax.extend.core import primitives
 
-from handgrad import ops
+from handgrad._src.rules import layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src import api
 from handgrad._src import check
 from handgrad._src import engine

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handgrad import ops
+from handgrad._src.rules import cnn_layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import (Array, Layer, Params, check_key, check_shape, get_param,
                                    layer_scope)
 from handgrad._src.nn.core import DType

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from handgrad import ops
+from handgrad._src.rules import layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import (Array, Layer, Params, check_features, check_key,
                                    check_shape, get_param, layer_scope)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from handgrad import ops
+from handgrad._src.rules import cnn_layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.specs import RuleSpec, choice, distinct, integers, normal, uniform
 
 
