@@ -8,7 +8,6 @@ layer's three formulas summed over windows, for max pooling the arg-max routing.
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 from handgrad._src.rules import cnn_layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import (Array, Layer, Params, check_key, check_shape,
                                    get_param, layer_scope)
-from handgrad._src.nn.core import DType, Initializer
+from handgrad._src.nn.core import DType, Initializer, init_with_fans
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -71,18 +70,7 @@ def init_kernel(key: Array, shape: tuple[int, int, int, int], scheme: str | Init
   ``init(key, shape, dtype)``.
   """
   kh, kw, c, o = shape
-  fan_in, fan_out = kh * kw * c, kh * kw * o
-  if callable(scheme):
-    return jnp.asarray(scheme(key, tuple(shape), dtype), dtype)
-  if scheme == "he":
-    return jax.random.normal(key, shape, dtype) * jnp.asarray(math.sqrt(2.0 / fan_in), dtype)
-  if scheme in ("xavier", "glorot"):
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return jax.random.uniform(key, shape, dtype, minval=-limit, maxval=limit)
-  if scheme == "normal":
-    return jax.random.normal(key, shape, dtype) * jnp.asarray(0.01, dtype)
-  raise ValueError(f"unknown initialiser {scheme!r}; expected one of ('he', 'xavier', "
-                   "'glorot', 'normal') or a callable (key, shape, dtype) -> array")
+  return init_with_fans(key, shape, kh * kw * c, kh * kw * o, scheme, dtype)
 
 
 # --- conv2d --------------------------------------------------------------------------

@@ -42,6 +42,13 @@ def init_weight(key: Array, shape: tuple[int, int], scheme: str | Initializer = 
   * a callable ``init(key, shape, dtype)``, e.g. from ``jax.nn.initializers``.
   """
   fan_in, fan_out = shape
+  return init_with_fans(key, shape, fan_in, fan_out, scheme, dtype)
+
+
+def init_with_fans(key: Array, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                   scheme: str | Initializer = "he", dtype: DType = jnp.float32) -> Array:
+  """A weight of any ``shape`` drawn by ``scheme`` (see :func:`init_weight`) with the
+  given fans (a convolution kernel counts them over its receptive field)."""
   if callable(scheme):
     return jnp.asarray(scheme(key, tuple(shape), dtype), dtype)
   if scheme == "he":
