@@ -102,7 +102,7 @@ def _zero_cotangent(aval):
   return np.zeros(aval.shape, dtype=jax.dtypes.float0)
 
 
-def vjp(fun: Callable, *primals: Any, has_aux: bool = False):
+def vjp(fun: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
   """Like ``jax.vjp``, with every cotangent computed by the hand rules.
 
   Returns ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``; ``vjp_fn(ct)`` returns a tuple
@@ -161,7 +161,8 @@ def traced_for_argnums(fun: Callable, args: tuple, kwargs: dict, argnums,
   return TracedProgram(partial_fun, dyn, has_aux), nums
 
 
-def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0,
+                   has_aux: bool = False) -> Callable[..., tuple[Any, Any]]:
   """Like ``jax.value_and_grad``: returns ``(value, grad)`` or ``((value, aux), grad)``.
 
   Called eagerly (concrete arguments, outside ``jit``/``vmap``), the traced forward
@@ -191,7 +192,8 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
   return value_and_grad_fun
 
 
-def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def grad(fun: Callable, argnums: int | Sequence[int] = 0,
+         has_aux: bool = False) -> Callable[..., Any]:
   """Like ``jax.grad``: the gradient of a scalar function, by the hand rules."""
   vg = value_and_grad(fun, argnums, has_aux)
 

@@ -80,7 +80,7 @@ class NotDifferentiable:
     return f"NotDifferentiable({self.why!r})"
 
 
-def defvjp(name: str, rule: Rule | None = None):
+def defvjp(name: str, rule: Rule | None = None) -> Rule | Callable[[Rule], Rule]:
   """Registers ``rule`` as the VJP of the primitive or layer op ``name``.
 
   Usable directly, ``defvjp("exp", lambda g, ans, x: (g * ans,))``, or as a

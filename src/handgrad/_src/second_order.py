@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from handgrad._src import api
 
 
-def hessian(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def hessian(fun: Callable, argnums: int | Sequence[int] = 0,
+            has_aux: bool = False) -> Callable[..., Any]:
   """Forward over hand reverse: ``jax.jacfwd(handgrad.grad(fun))``, like ``jax.hessian``."""
   return jax.jacfwd(api.grad(fun, argnums, has_aux), argnums, has_aux=has_aux)
 
