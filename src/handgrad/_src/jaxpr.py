@@ -443,6 +443,18 @@ def custom_vjp_residuals(params, invals: Sequence[Any], res_and_outs: Sequence[A
   return res, outs
 
 
+def _release() -> tuple[int, int]:
+  major, minor = jax.__version__.split(".")[:2]
+  return int(major), int(minor)
+
+
+#: jax ≥ 0.12 reads only the lower triangle of ``cholesky``'s operand in its JVP (the
+#: tangent is rebuilt as ``tril(Σ̇) + tril(Σ̇, −1)ᴴ``, imaginary diagonal dropped); jax
+#: 0.10 and 0.11 use the whole tangent.  The hand rule transposes whichever its
+#: release's ``jax.grad`` differentiates.
+CHOLESKY_READS_LOWER_TRIANGLE = _release() >= (0, 12)
+
+
 # With ``jax_custom_vjp3`` / ``jax_custom_jvp3`` / ``jax_remat3`` set (False by default
 # through jax 0.12), custom_vjp, custom_jvp and checkpoint arrive as one
 # ``call_hi_primitive`` whose ``_prim`` object holds the rule; the engine does not

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from handgrad._src import jaxpr as hj
 from handgrad._src.registry import defvjp
 from handgrad._src.rules._common import zeros_where_missing
 from handgrad._src.rules._matrix import (
@@ -64,13 +65,29 @@ def _phi(x):
 # primitive, whose own rule symmetrises the result.  For a Hermitian Σ = L Lᴴ the JVP
 # is L Φ(L⁻¹ Σ̇ L⁻ᴴ), complex-linear in Σ̇, so its transpose (no conjugation, JAX's
 # convention) ends with conj(L)⁻¹ instead of L⁻¹.
+#
+# jax ≥ 0.12 differentiates the lower triangle only: its JVP first maps the tangent to
+# M(Σ̇) = tril(Σ̇) + tril(Σ̇, −1)ᵀ (for complex Σ̇: real part so, imaginary part
+# tril(Im, −1) − tril(Im, −1)ᵀ).  The cotangent is then Mᵀ(Σ̄): tril(Σ̄) + tril(Σ̄ᵀ, −1)
+# (imaginary part tril(Im Σ̄, −1) − tril(Im Σ̄ᵀ, −1)).
 @defvjp("cholesky")
 def _cholesky_vjp(g, ans, x, **params):
   no_other_params("cholesky", params)
   L = tril(ans)
   p = _phi(mm(T(L), g))
   y = solve_tri(L, p, left_side=True, lower=True, transpose_a=True)  # L⁻ᵀ P
-  return (solve_tri(L, y, left_side=False, lower=True, conjugate_a=True),)  # · conj(L)⁻¹
+  ct = solve_tri(L, y, left_side=False, lower=True, conjugate_a=True)  # · conj(L)⁻¹
+  if hj.CHOLESKY_READS_LOWER_TRIANGLE:
+    ct = _lower_triangle_transpose(ct)
+  return (ct,)
+
+
+def _lower_triangle_transpose(ct):
+  """Mᵀ(ct) for M(Σ̇) = tril(Σ̇) + tril(Σ̇, −1)ᵀ (the imaginary part antisymmetric)."""
+  if not is_complex(ct):
+    return tril(ct) + tril(T(ct), -1)
+  re, im = jnp.real(ct), jnp.imag(ct)
+  return lax.complex(tril(re) + tril(T(re), -1), tril(im, -1) - tril(T(im), -1))
 
 
 # -------------------------------------------------------------------------------------
