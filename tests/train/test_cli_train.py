@@ -157,17 +157,17 @@ def test_bad_combinations_give_one_line(capsys, tmp_path, monkeypatch, argv, nee
 
 
 def test_unreadable_data_gives_one_line(capsys, tmp_path):
-  err = one_line_error(capsys, ["train", "--data-dir", str(tmp_path / "nope")])
+  err = one_line_error(capsys, ["train", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
   assert err.endswith(f"--data-dir {tmp_path / 'nope'}: no such directory")
   (tmp_path / "empty").mkdir()
-  err = one_line_error(capsys, ["train", "--data-dir", str(tmp_path / "empty")])
+  err = one_line_error(capsys, ["train", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
   assert "train-images-idx3-ubyte[.gz]: missing MNIST file" in err
   bad = tmp_path / "bad"
   bad.mkdir()
   for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
     (bad / name).write_bytes(b"\x00\x00\x08")
-  err = one_line_error(capsys, ["train", "--data-dir", str(bad)])
+  err = one_line_error(capsys, ["train", "--data-dir", str(bad), "--out", str(tmp_path / "run")])
   assert "truncated" in err
   (tmp_path / "file").write_text("x")
   err = one_line_error(capsys, ["train", "--out", str(tmp_path / "file"), "--subset", "64",

@@ -241,7 +241,7 @@ def test_corrupt_gz_idx_is_one_line(capsys, tmp_path):
   for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
     (tmp_path / f"{name}.gz").write_bytes(good[:12] + bytes(b ^ 0x55 for b in good[12:]))
-  err = one_line(capsys, ["train", "--data-dir", str(tmp_path)])
+  err = one_line(capsys, ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")])
   assert "cannot read the" in err and ".gz" in err
 
 
