@@ -6,7 +6,7 @@ VENV   ?= .venv
 TESTS  ?=
 BIN    := $(VENV)/bin
 
-.PHONY: setup train check test bench clean
+.PHONY: setup train check test bench bench-accelerator clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: setup
 	$(BIN)/python bench/engine.py --xla-cpu-scheduler memory
 	$(BIN)/python bench/remat.py
 	$(BIN)/python bench/scan.py
+
+# On a machine with an accelerator (jax with its plugin already installed, no network):
+# the suite and the benchmarks, bounded in time, figures in device-named sections.
+bench-accelerator:
+	bash bench/accelerator.sh
 
 clean:
 	rm -rf .venv .venv312 $(VENV) runs .pytest_cache

@@ -119,7 +119,13 @@ def compile_seconds_and_memory(make_fn: Callable[[], Callable], args: tuple) -> 
 
 
 def write_section(title: str, body: str) -> None:
-  """Replaces (or appends) the section ``## title`` in bench/results.md."""
+  """Replaces (or appends) the section ``## title`` in bench/results.md.
+
+  Off CPU the device kind joins the title (``..., on NVIDIA H200``), so an accelerator
+  run adds its own sections next to the CPU figures instead of replacing them."""
+  d = jax.devices()[0]
+  if d.platform != "cpu":
+    title = f"{title}, on {getattr(d, 'device_kind', d.platform)}"
   text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n" \
       "Ratios are hand engine / jax.grad, measured side by side in one run " \
       "(interleaved repeats, medians). Regenerate with `make bench`.\n"
