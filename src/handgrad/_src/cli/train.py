@@ -175,7 +175,10 @@ def _add_mesh_arguments(p) -> None:
   g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                  help="run as one of several processes (jax.distributed): process 0 "
                       "listens at HOST:PORT; 'auto' lets JAX find the cluster (SLURM, "
-                      "Open MPI, TPU pod slices); also started by JAX_COORDINATOR_ADDRESS")
+                      "Open MPI, TPU pod slices); also started by JAX_COORDINATOR_ADDRESS. "
+                      "Every process is given the same command and the same --out, on a "
+                      "filesystem all of them share (each writes its pieces of the "
+                      "checkpoints; process 0 the other files)")
   g.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
                  help="number of processes (with --coordinator)")
   g.add_argument("--process-id", type=int, default=None, metavar="I",

@@ -214,7 +214,7 @@ class Checkpointer:
     if processes.is_primary():
       for path in self.directory.glob(f"*{TMP_MARKER}*"):
         shutil.rmtree(path, ignore_errors=True)
-    processes.barrier(f"handgrad-checkpoint-tmp-{self.directory}")
+    processes.barrier("handgrad-checkpoint-tmp")  # the same name on every host
 
   def all_steps(self) -> list[int]:
     """Steps of the complete checkpoints, ascending."""
@@ -412,7 +412,7 @@ class Checkpointer:
         while target.exists():
           target, n = aside / f"{step}.{n}", n + 1
         os.replace(self.directory / str(step), target)
-    processes.barrier(f"handgrad-checkpoint-aside-{self.directory}-{steps}")
+    processes.barrier("handgrad-checkpoint-aside")
     self._manager.close()
     self._manager = self._new_manager()
 
