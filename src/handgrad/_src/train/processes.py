@@ -116,7 +116,7 @@ def first_value(value: int | None) -> int | None:
   if not many():
     return value
   flags, values = _allgather((np.int32(value is not None),
-                              np.int64(0 if value is None else value)))
+                              np.int32(0 if value is None else value)))
   for flag, v in zip(np.asarray(flags).reshape(-1), np.asarray(values).reshape(-1)):
     if flag:
       return int(v)
@@ -128,7 +128,7 @@ def check_same(values: Sequence[int], what: str) -> None:
   (e.g. each read its own copy of a directory that should be shared)."""
   if not many():
     return
-  gathered = np.asarray(_allgather(np.asarray(values, np.int64)))
+  gathered = np.asarray(_allgather(np.asarray(values, np.int32)))
   if not (gathered == gathered[0]).all():
     raise RuntimeError(f"the processes disagree on {what} ({gathered.tolist()}): every "
                        f"process must see the same run directory (a shared filesystem)")
