@@ -175,7 +175,10 @@ def _add_mesh_arguments(p) -> None:
   g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                  help="run as one of several processes (jax.distributed): process 0 "
                       "listens at HOST:PORT; 'auto' lets JAX find the cluster (SLURM, "
-                      "Open MPI, TPU pod slices); also started by JAX_COORDINATOR_ADDRESS")
+                      "Open MPI, TPU pod slices); also started by JAX_COORDINATOR_ADDRESS. "
+                      "Every process is given the same command and the same --out, on a "
+                      "filesystem all of them share (each writes its pieces of the "
+                      "checkpoints; process 0 the other files)")
   g.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
                  help="number of processes (with --coordinator)")
   g.add_argument("--process-id", type=int, default=None, metavar="I",
@@ -251,14 +254,6 @@ def _mesh(args):
     raise CommandError(f"--batch-size {args.batch_size} (per micro-batch "
                        f"{args.batch_size // args.accumulate}) is not a multiple of the "
                        f"mesh's data axis ({axes.get('data', 1)})")
-  if jax.process_count() > 1:
-    if args.resume:
-      raise CommandError(f"--resume with {jax.process_count()} processes is not supported: "
-                         "resume the run in one process (any mesh), then go on")
-    if args.sharding != "data":
-      raise CommandError(f"--sharding {args.sharding} with {jax.process_count()} processes "
-                         "is not supported (process 0 checkpoints a replicated state): "
-                         "use --sharding data")
   return mesh
 
 
@@ -267,14 +262,25 @@ def _mesh_description(args) -> str:
   hosts = jax.process_count()
   return (f"{args.mesh}, {args.sharding} sharding, {jax.device_count()} "
           f"{jax.devices()[0].platform} devices"
-          + (f" in {hosts} processes (process 0 writes the files)" if hosts > 1 else ""))
+          + (f" in {hosts} processes (process 0 writes the run's files, all of them "
+             f"the checkpoints)" if hosts > 1 else ""))
 
 
 def _primary() -> bool:
   """Whether this process writes the run's files (process 0 of a jax.distributed job;
-  the others train alongside and write nothing)."""
+  the others train alongside and write only their pieces of the checkpoints)."""
   import jax
   return jax.process_index() == 0
+
+
+def _out_dir(args) -> pathlib.Path:
+  """``--out``, or the default directory; with several processes, process 0 chooses
+  it (the next free ``runs/mnist_<model>-N`` is decided once) and tells the others."""
+  if args.out is not None:
+    return pathlib.Path(args.out)
+  from handgrad._src.train import processes
+  chosen = str(_default_out(args)) if _primary() else ""
+  return pathlib.Path(processes.broadcast_text(chosen))
 
 
 @dataclasses.dataclass
@@ -395,9 +401,8 @@ def _summary(result, args, model: _Model, data_desc: str, epochs: int, out: path
 def run(args: argparse.Namespace, out_stream=None) -> int:
   t0 = time.perf_counter()
   out_stream = out_stream or sys.stdout
-  out = pathlib.Path(args.out) if args.out is not None else _default_out(args)
-  if out.exists() and not out.is_dir():
-    raise CommandError(f"--out {out}: exists and is not a directory")
+  if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise CommandError(f"--out {args.out}: exists and is not a directory")
   if args.data_dir is not None and not os.path.isdir(args.data_dir):
     what = "not a directory" if os.path.exists(args.data_dir) else "no such directory"
     raise CommandError(f"--data-dir {args.data_dir}: {what}")
@@ -417,6 +422,9 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   from handgrad._src.train.transforms import make_optimizer
 
   _distributed(args)
+  out = _out_dir(args)
+  if out.exists() and not out.is_dir():
+    raise CommandError(f"--out {out}: exists and is not a directory")
   quiet_orbax()
   train_ds, test_ds = hg_data.load_mnist(args.data_dir)
   if args.subset is not None:
@@ -473,7 +481,7 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   result = loop.fit(
       step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
       eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
-      out_dir=out if _primary() else None, resume=args.resume, overwrite=args.overwrite,
+      out_dir=out, resume=args.resume, overwrite=args.overwrite,
       checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
       on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config,
       progress=not args.no_progress and _primary(), on_step=on_step,

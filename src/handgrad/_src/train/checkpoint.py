@@ -24,6 +24,21 @@ While a save runs, SIGINT and SIGTERM are held back and delivered when it has fi
 (Ctrl-C during a save neither breaks orbax's writer threads nor leaves its temporary
 directory behind); a failed save removes its temporary directory and raises one line
 (``OSError`` with ``ENOSPC`` for a full disk).
+
+With several processes (``jax.distributed``) every process makes a ``Checkpointer``
+on the same directory (a filesystem all of them share) and calls :meth:`save` and
+:meth:`restore` together: orbax writes each array's pieces from the processes that hold
+them (so FSDP- and Megatron-sharded parameters and optimizer state, which no process
+holds whole, are saved as they are) and process 0 writes the metadata and renames the
+finished directory.  The integrity record is that of the *global* values, whatever
+the mesh: for each leaf in turn, every process gathers the whole value on its host
+(one leaf at a time), so every process computes the same SHA-256, a checkpoint checks
+the same on any mesh and any number of processes, and one saved by several processes
+restores in one and the other way round.  Every check's outcome is shared
+(``processes.share_error``): when one process finds a checkpoint damaged, all of them
+raise the same error and fall back to the same older checkpoint.  Process 0 alone
+removes the temporary directories of killed saves and sets damaged checkpoints aside,
+the others waiting for it.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from handgrad._src.train import processes
 from handgrad._src.train.state import TrainState
 
 INTEGRITY_KEY = "_integrity"
@@ -78,13 +94,25 @@ def _signature(tree: Any) -> list[list]:
           _leaves(tree)]
 
 
-def _checksum(host_tree: Any) -> str:
+def _scan(tree: Any) -> tuple[str, str | None]:
+  """``(sha256, problem)`` of ``tree``'s global values: the SHA-256 of every leaf's path,
+  dtype, shape and bytes in order, and the first float leaf holding a NaN or inf
+  (``None`` when all are finite).
+
+  One leaf at a time is brought to the host (``processes.host_value``: gathered from
+  every process when it is split over several), so the digest is that of the values,
+  independent of the mesh and of the number of processes (collective with several).
+  """
   digest = hashlib.sha256()
-  for path, leaf in _leaves(host_tree):
-    a = np.ascontiguousarray(np.asarray(leaf))
+  problem = None
+  for path, leaf in _leaves(tree):
+    a = np.ascontiguousarray(processes.host_value(leaf))
     digest.update(f"{path}|{a.dtype.str}|{a.shape}|".encode())
     digest.update(a.tobytes())
-  return digest.hexdigest()
+    if problem is None and np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+      problem = (f"{path} holds non-finite values "
+                 f"({int(np.sum(~np.isfinite(a)))} of {a.size})")
+  return digest.hexdigest(), problem
 
 
 def _first_difference(saved: list, now: list) -> str:
@@ -132,6 +160,24 @@ def signals_deferred() -> Iterator[None]:
       signal.raise_signal(sig)
 
 
+# Errors a check may raise, re-raised as such on every process (share_error).
+_KINDS = (CheckpointError, FileNotFoundError, ValueError)
+
+
+def _together(check: Callable[[], None]) -> None:
+  """Runs ``check`` here; with several processes, raises on every process the error
+  of the lowest-numbered process whose check failed (so all take the same branch)."""
+  if not processes.many():
+    check()
+    return
+  error = None
+  try:
+    check()
+  except _KINDS as e:
+    error = e
+  processes.share_error(error, _KINDS)
+
+
 class Checkpointer:
   """Saves and restores :class:`TrainState` checkpoints in ``directory``.
 
@@ -156,21 +202,19 @@ class Checkpointer:
 
   def _new_manager(self):
     ocp = self._ocp
+    # With several processes, all of them save and restore together; process 0 is
+    # orbax's primary host (it writes the metadata and finalises each step directory).
     options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    if jax.process_count() > 1:
-      # Several processes (jax.distributed): only process 0 checkpoints, from its host
-      # copy of the (replicated) state; the other processes make no Checkpointer.
-      # (orbax refuses create=True then: the directory exists, made in __init__.)
-      options.create = False
-      options.multiprocessing_options = ocp.options.MultiprocessingOptions(
-          primary_host=0, active_processes={0})
     return ocp.CheckpointManager(self.directory, options=options)
 
   def _remove_tmp_dirs(self) -> None:
-    """Temporary directories of saves that never finished (a killed run)."""
-    for path in self.directory.glob(f"*{TMP_MARKER}*"):
-      shutil.rmtree(path, ignore_errors=True)
+    """Temporary directories of saves that never finished (a killed run); process 0
+    removes them while the others wait."""
+    if processes.is_primary():
+      for path in self.directory.glob(f"*{TMP_MARKER}*"):
+        shutil.rmtree(path, ignore_errors=True)
+    processes.barrier("handgrad-checkpoint-tmp")  # the same name on every host
 
   def all_steps(self) -> list[int]:
     """Steps of the complete checkpoints, ascending."""
@@ -184,7 +228,8 @@ class Checkpointer:
     """Writes ``state`` (and ``meta``) as the checkpoint for step ``int(state.step)``.
 
     Saving the same step twice (e.g. an end-of-epoch save right after a periodic one)
-    is a no-op.  Returns the step.
+    is a no-op.  Returns the step.  With several processes, every process calls it
+    with the same state and meta.
 
     Raises:
       OSError: the disk is full (``errno.ENOSPC``) or another OS error, in one line.
@@ -194,23 +239,32 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return step
     ocp = self._ocp
-    host = jax.device_get(state)
-    meta = {**dict(meta or {}), INTEGRITY_KEY: {"leaves": _signature(host),
-                                                 "sha256": _checksum(host)}}
+    sha256, _ = _scan(state)
+    meta = {**dict(meta or {}), INTEGRITY_KEY: {"leaves": _signature(state),
+                                                 "sha256": sha256}}
+    error = None
     with signals_deferred():
       try:
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state if jax.process_count() == 1 else host),
-            meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
       except Exception as e:  # noqa: BLE001 - orbax raises bare Exceptions
-        self._remove_tmp_dirs()
         where = f"{self.directory}: cannot write the checkpoint of step {step}"
         if _is_disk_full(e):
-          raise OSError(errno.ENOSPC, f"{where}: no space left on device") from None
-        if isinstance(e, OSError):
-          raise OSError(e.errno, f"{where}: {e.strerror or _one_line(e)}") from None
-        raise CheckpointError(f"{where}: {_one_line(e)}") from None
+          error = OSError(errno.ENOSPC, f"{where}: no space left on device")
+        elif isinstance(e, OSError):
+          error = OSError(e.errno, f"{where}: {e.strerror or _one_line(e)}")
+        else:
+          error = CheckpointError(f"{where}: {_one_line(e)}")
+      if processes.many():
+        # A save that failed on one process failed for all: none goes on as if saved.
+        try:
+          processes.share_error(error, (CheckpointError, OSError))
+        except (CheckpointError, OSError) as shared:
+          error = shared
+      if error is not None:
+        self._remove_tmp_dirs()
+        raise error
     return step
 
   def restore(self, template: TrainState, *,
@@ -226,43 +280,76 @@ class Checkpointer:
       ValueError: the checkpoint does not match ``template`` (another model or
         optimizer).
       CheckpointError: the checkpoint is damaged (one line saying how).
+
+    The arrays are restored with the template's shardings (the run's mesh, whatever
+    mesh saved them).  With several processes every process calls it with the same
+    arguments, and every process raises the same error.
     """
     ocp = self._ocp
     if step is None:
       step = self.latest_step()
-    if step is None or step not in self._manager.all_steps():
-      raise FileNotFoundError(f"{self.directory}: no checkpoint"
-                              + ("" if step is None else f" for step {step}"))
     where = self.directory / str(step)
-    try:
-      meta = dict(self._manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore())).meta or {})
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{where}: unreadable metadata ({_one_line(e)})") from None
-    integrity = meta.pop(INTEGRITY_KEY, None)
-    wanted = _signature(template)
-    if integrity is not None and integrity.get("leaves") != wanted:
-      raise ValueError(f"{where}: the checkpoint does not match this run's model and "
-                       f"optimizer ({_first_difference(integrity.get('leaves') or [], wanted)})")
+    meta = integrity = None
+
+    def read_meta():
+      nonlocal meta, integrity
+      if step is None or step not in self._manager.all_steps():
+        raise FileNotFoundError(f"{self.directory}: no checkpoint"
+                                + ("" if step is None else f" for step {step}"))
+      try:
+        meta = dict(self._read_item(step, "meta", ocp.args.JsonRestore()) or {})
+      except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{where}: unreadable metadata ({_one_line(e)})") from None
+      integrity = meta.pop(INTEGRITY_KEY, None)
+      wanted = _signature(template)
+      if integrity is not None and integrity.get("leaves") != wanted:
+        raise ValueError(f"{where}: the checkpoint does not match this run's model and "
+                         f"optimizer ({_first_difference(integrity.get('leaves') or [], wanted)})")
+
+    _together(read_meta)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    try:
-      out = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      if integrity is not None:
+    state = None
+
+    def read_state():
+      nonlocal state
+      try:
+        state = self._read_item(step, "state", ocp.args.StandardRestore(abstract))
+      except (ValueError, KeyError, TypeError) as e:
+        if integrity is not None:
+          raise CheckpointError(f"{where}: unreadable state ({_one_line(e)})") from None
+        raise ValueError(f"{where}: the checkpoint does not match this run's model and "
+                         f"optimizer ({_one_line(e)})") from None
+      except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise bare Exceptions
         raise CheckpointError(f"{where}: unreadable state ({_one_line(e)})") from None
-      raise ValueError(f"{where}: the checkpoint does not match this run's model and "
-                       f"optimizer ({_one_line(e)})") from None
-    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise bare Exceptions
-      raise CheckpointError(f"{where}: unreadable state ({_one_line(e)})") from None
-    state = out.state
-    if not isinstance(state, TrainState):
-      state = TrainState(*state)
-    self._validate(where, template, state, integrity)
+      if not isinstance(state, TrainState):
+        state = TrainState(*state)
+      self._check_tree(where, template, state)
+
+    _together(read_state)
+    # Collective with several processes (the values are gathered), then shared.
+    sha256, problem = _scan(state)
+    _together(lambda: self._check_values(where, integrity, sha256, problem))
     return state, meta
 
+  def _read_item(self, step: int, name: str, args) -> Any:
+    """One item of a step's checkpoint, read by this process alone.
+
+    Read with the item's handler rather than ``CheckpointManager.restore``, which
+    ends with a barrier among the processes: a process failing to read its pieces
+    (a truncated file) would leave the others waiting there, out of step with the
+    collectives that share its error.  Each process reads what its devices need; the
+    outcome is shared afterwards (:func:`_together`).
+    """
+    ocp = self._ocp
+    handler = (ocp.StandardCheckpointHandler() if name == "state"
+               else ocp.JsonCheckpointHandler())
+    try:
+      return handler.restore(self.directory / str(step) / name, args=args)
+    finally:
+      handler.close()
+
   @staticmethod
-  def _validate(where, template, state, integrity) -> None:
+  def _check_tree(where, template, state) -> None:
     if jax.tree.structure(state) != jax.tree.structure(template):
       raise CheckpointError(f"{where}: the restored tree's structure differs from the "
                             f"saved one")
@@ -270,13 +357,12 @@ class Checkpointer:
       if np.shape(got) != np.shape(want) or np.dtype(got.dtype) != np.dtype(want.dtype):
         raise CheckpointError(f"{where}: {path} restored as {np.shape(got)} {got.dtype}, "
                               f"saved as {np.shape(want)} {np.dtype(want.dtype)}")
-    host = jax.device_get(state)
-    for path, leaf in _leaves(host):
-      a = np.asarray(leaf)
-      if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
-        raise CheckpointError(f"{where}: {path} holds non-finite values "
-                              f"({int(np.sum(~np.isfinite(a)))} of {a.size})")
-    if integrity is not None and integrity.get("sha256") != _checksum(host):
+
+  @staticmethod
+  def _check_values(where, integrity, sha256: str, problem: str | None) -> None:
+    if problem is not None:
+      raise CheckpointError(f"{where}: {problem}")
+    if integrity is not None and integrity.get("sha256") != sha256:
       raise CheckpointError(f"{where}: the checksum of the restored arrays differs from "
                             f"the one written at save time")
 
@@ -318,13 +404,15 @@ class Checkpointer:
 
   def _set_aside(self, steps: list[int]) -> None:
     aside = self.directory.with_name(self.directory.name + ".damaged")
-    aside.mkdir(exist_ok=True)
-    for step in steps:
-      target = aside / str(step)
-      n = 1
-      while target.exists():
-        target, n = aside / f"{step}.{n}", n + 1
-      os.replace(self.directory / str(step), target)
+    if processes.is_primary():
+      aside.mkdir(exist_ok=True)
+      for step in steps:
+        target = aside / str(step)
+        n = 1
+        while target.exists():
+          target, n = aside / f"{step}.{n}", n + 1
+        os.replace(self.directory / str(step), target)
+    processes.barrier("handgrad-checkpoint-aside")
     self._manager.close()
     self._manager = self._new_manager()
 

@@ -57,9 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from handgrad._src.data.batching import batches, num_batches
+from handgrad._src.train import processes
 from handgrad._src.train.checkpoint import Checkpointer
 from handgrad._src.train.labels import check_labels
-from handgrad._src.train.lock import RunLock
+from handgrad._src.train.lock import RunLock, RunLockedError
 from handgrad._src.train.state import TrainState
 from handgrad._src.train.step import Metrics, TrainStep, evaluate
 
@@ -392,6 +393,9 @@ def _resume(ckpt: Checkpointer, template: TrainState, out: pathlib.Path, config,
   state, meta, step = found
   _check_resumable(meta, config, steps_per_epoch, ckpt.directory)
   history = [r for r in read_metrics(out / METRICS_FILE) if r.get("step", math.inf) <= step]
+  # With several processes each read the metrics file itself: the epoch to continue
+  # (and whether it still needs its evaluation) must be the same everywhere.
+  processes.check_same([step, len(history)], "the checkpoint and the records to resume from")
   epoch, skip = divmod(step, steps_per_epoch)
   values = {k: list(v) for k, v in dict(meta.get("epoch_metrics") or {}).items()}
   if skip == 0 and epoch > 0 and not any(r.get("step") == step for r in history):
@@ -610,12 +614,20 @@ class _Run:
     self.log.checkpoint_hint = (f"the last good checkpoint is "
                                 f"{self.ckpt.directory / str(self.last_saved)}")
 
-  def check_stop(self, epoch_done: int) -> None:
-    if self.stop.signum is None:
+  def check_stop(self, epoch_done: int, boundary: bool = True) -> None:
+    signum = self.stop.signum
+    if processes.many():
+      # A signal reaches one process, or several at different steps: they stop (and
+      # save, collectively) together, at the first step that is a multiple of
+      # FETCH_EVERY or an epoch's end after it (a host sync they make there anyway).
+      if not boundary:
+        return
+      signum = processes.first_value(signum)
+    if signum is None:
       return
     self.save(epoch_done)
     where = self.ckpt.directory / str(self.last_saved) if self.last_saved is not None else None
-    raise Interrupted(self.stop.signum, int(self.state.step), where)
+    raise Interrupted(signum, int(self.state.step), where)
 
   # debug_nans
   def explain_nonfinite(self, step: int, epoch: int, batch_index: int, stopping: bool):
@@ -686,7 +698,7 @@ class _Run:
         a["on_step"](step, metrics)
       if a["checkpoint_every"] and step % a["checkpoint_every"] == 0:
         self.save(epoch)
-      self.check_stop(epoch)
+      self.check_stop(epoch, boundary=step % FETCH_EVERY == 0)
     self.log.flush()
 
   def finish_epoch(self, epoch: int, bar) -> Record:
@@ -711,12 +723,15 @@ class _Run:
                   self.last_eval)
     if self.out is not None:
       _write_metrics(self.out / METRICS_FILE, self.history)
-      self.log.values = {}
-      self.save(epoch + 1)
-      if a["plot"] and time.perf_counter() - self.last_plot >= a["plot_interval"]:
-        plot_curves(self.history, self.out / CURVES_FILE, title=a["plot_title"])
-        self.last_plot = time.perf_counter()
+    # The epoch is complete: its checkpoint carries no per-step metrics.  (Without an
+    # output directory there is no checkpointer and nothing is saved; with several
+    # processes, all save together and process 0 alone writes the files.)
     self.log.values = {}
+    self.save(epoch + 1)
+    if (self.out is not None and a["plot"]
+        and time.perf_counter() - self.last_plot >= a["plot_interval"]):
+      plot_curves(self.history, self.out / CURVES_FILE, title=a["plot_title"])
+      self.last_plot = time.perf_counter()
     if a["on_epoch"] is not None:
       a["on_epoch"](record)
     self.check_stop(epoch + 1)
@@ -742,7 +757,11 @@ class _Run:
 
 
 def _notifier(log: Callable[[str], None] | None) -> Callable[..., None]:
-  """``notify(msg, level=INFO)``: to ``log`` when given, else to the "handgrad" logger."""
+  """``notify(msg, level=INFO)``: to ``log`` when given, else to the "handgrad" logger;
+  with several processes, process 0 tells (the others take the same decisions and
+  log them at the debug level only)."""
+  if not processes.is_primary():
+    return lambda msg, level=logging.INFO: logger.debug(msg)
   if log is not None:
     return lambda msg, level=logging.INFO: log(msg)
   return lambda msg, level=logging.INFO: logger.log(level, msg)
@@ -785,7 +804,11 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
       must also be below it.
     out_dir: where ``metrics.jsonl``, ``curves.png``, ``config.json`` and
       ``checkpoints/`` go; ``None`` writes nothing (and cannot resume).  It is locked
-      for the run (``.handgrad.lock``, with this process's pid and host).
+      for the run (``.handgrad.lock``, with this process's pid and host).  With
+      several processes (``jax.distributed``) every process passes the same directory,
+      on a filesystem they share: process 0 locks it and writes the files, and all of
+      them save and restore the checkpoints together (sharded arrays from wherever
+      their pieces are).
     resume: continue from the newest intact checkpoint in ``out_dir/checkpoints`` (if
       there is none, start at step 0).
     overwrite: replace a previous run in ``out_dir``.  Without ``resume`` or
@@ -867,21 +890,32 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
                   plot_title=plot_title, on_step=on_step, on_epoch=on_epoch,
                   handle_signals=handle_signals, steps_per_epoch=steps_per_epoch)
 
-  out = ckpt = lock = None
+  out = ckpt = lock = None  # out: the directory this process writes files to
   position = _Position(state, [], 0, 0, {})
   try:
     if out_dir is not None:
-      out, lock = _open_run_dir(out_dir, resume=resume, overwrite=overwrite, notify=notify)
+      run_dir = pathlib.Path(out_dir)
+      # Process 0 (the only process of a single-process run) owns the directory: it
+      # locks it, refuses a previous run, and replaces one with overwrite; its refusal
+      # is every process's.
+      error = None
+      if processes.is_primary():
+        try:
+          out, lock = _open_run_dir(out_dir, resume=resume, overwrite=overwrite,
+                                    notify=notify)
+          if not resume:
+            _replace_previous_run(out, notify)
+        except Exception as e:  # noqa: BLE001 - shared with the other processes, re-raised
+          error = e
+      processes.share_error(error, (RunExistsError, RunLockedError, ValueError))
+      ckpt = Checkpointer(run_dir / CHECKPOINT_DIR, max_to_keep=max_to_keep)
       if resume:
-        ckpt = Checkpointer(out / CHECKPOINT_DIR, max_to_keep=max_to_keep)
-        position = _resume(ckpt, state, out, config, steps_per_epoch, notify)
-      else:
-        _replace_previous_run(out, notify)
-        ckpt = Checkpointer(out / CHECKPOINT_DIR, max_to_keep=max_to_keep)
-      # The run is accepted: from here on the directory is this run's.
-      _write_atomically(out / CONFIG_FILE,
-                        json.dumps({**config, "epochs": epochs}, indent=2) + "\n")
-      _write_metrics(out / METRICS_FILE, position.history)
+        position = _resume(ckpt, state, run_dir, config, steps_per_epoch, notify)
+      if out is not None:
+        # The run is accepted: from here on the directory is this run's.
+        _write_atomically(out / CONFIG_FILE,
+                          json.dumps({**config, "epochs": epochs}, indent=2) + "\n")
+        _write_metrics(out / METRICS_FILE, position.history)
     session = _Run(fit_args, position, out, ckpt, notify, t0)
     session.run()
   finally:

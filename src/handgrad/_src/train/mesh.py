@@ -17,7 +17,9 @@ The meshes have Auto axes: XLA partitions the jitted step from the argument and 
 shardings, and a sharded step computes the single-device step's numbers up to the order
 of float32 reductions.  With several processes (``jax.distributed``), every process runs
 the same program on the same host values; :func:`put` builds the global arrays from
-them, each process placing only its own devices' pieces.
+them, each process placing only its own devices' pieces.  Their checkpoints are saved
+and restored by all processes together, each writing and reading the pieces its
+devices hold (``checkpoint.Checkpointer``).
 """
 
 from __future__ import annotations
