@@ -3,7 +3,8 @@ respect to the array leaves of a module (eqx.partition / eqx.combine, as eqx.fil
 does): eqx.nn.MLP, a CNN of Conv2d, MaxPool2d, GroupNorm, LayerNorm and Dropout, padding
 modes, ConvTranspose2d, an LSTMCell and a GRUCell under lax.scan, MultiheadAttention
 (causal self-attention, cross-attention, dropout), Embedding, stateful BatchNorm,
-filter_vmap / filter_checkpoint, and one jitted optax training step."""
+filter_vmap / filter_checkpoint, filter_custom_vjp and the checkpointed while loop, and
+one jitted optax training step."""
 
 import chex
 import jax
@@ -182,6 +183,41 @@ def test_filter_transforms():
                                                             inverse=True)), x))(
         eqx.filter(mlp, eqx.is_inexact_array))
     _agree(got, eqx.filter_grad(loss)(mlp, x), 1e-9)
+
+
+def test_filter_custom_vjp_and_checkpointed_while_loop():
+  """eqx.filter_custom_vjp (a custom_vjp with symbolic zeros whose residuals hold Python
+  bools) and the checkpointed while loop built on it (as diffrax uses)."""
+  with jax.enable_x64(True):
+    dtype = jnp.float64
+    lin = eqx.nn.Linear(4, 4, key=jax.random.key(11), dtype=dtype)
+
+    @eqx.filter_custom_vjp
+    def scaled_tanh(vjp_arg, scale):
+      return jnp.tanh(vjp_arg[0]) * vjp_arg[1] * scale
+
+    @scaled_tanh.def_fwd
+    def _(perturbed, vjp_arg, scale):
+      return scaled_tanh(vjp_arg, scale), perturbed
+
+    @scaled_tanh.def_bwd
+    def _(perturbed, g, _perturbed, vjp_arg, scale):
+      x, y = vjp_arg
+      dx = g * (1 - jnp.tanh(x) ** 2) * y * scale if perturbed[0] else None
+      dy = jnp.sum(g * jnp.tanh(x)) * scale if perturbed[1] else None
+      return dx, dy
+
+    x0 = _data(11, (4,), dtype)
+
+    def loss(m, x0):
+      def body(carry):
+        i, x = carry
+        return i + 1, scaled_tanh((m(x), m.bias[0]), 0.5)
+      _, x = eqx.internal.while_loop(lambda c: c[0] < 5, body, (jnp.asarray(0), x0),
+                                     max_steps=8, kind="checkpointed", checkpoints=2)
+      return jnp.sum(jnp.sin(x))
+
+    _check(loss, lin, x0, tol=1e-9)
 
 
 def test_jitted_training_step_equals_optax_with_jax_grad():
