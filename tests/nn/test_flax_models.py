@@ -3,7 +3,7 @@ recurrent networks through nn.RNN (LSTMCell, GRUCell, OptimizedLSTMCell; lax.sca
 nn.scan underneath), a bidirectional RNN, nn.scan with nn.remat, multi-head attention
 (causal self-attention, cross-attention), Dropout with an RNG, BatchNorm in training mode
 with mutable batch_stats, LayerNorm, Embed, flax.nnx modules (nnx.split/merge, nnx.RNN,
-nnx.scan), and one jitted optax training step."""
+nnx.scan), bfloat16 computation, and one jitted optax training step."""
 
 import chex
 import flax.linen as linen
@@ -168,6 +168,42 @@ def test_dropout_batch_norm_layer_norm_embed(dtype, tol):
     other, _ = jax.jit(jax.grad(loss, has_aux=True))(params, jax.random.key(8))
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), got, other)
     assert max(jax.tree.leaves(diff)) > 1e-3
+
+
+# ----------------------------------------------------------------- mixed precision
+
+class _Mixed(linen.Module):
+  """float32 parameters, computation in ``dtype`` (flax's ``dtype`` argument)."""
+  dtype: jnp.dtype
+
+  @linen.compact
+  def __call__(self, x):
+    x = linen.Dense(16, dtype=self.dtype)(x)
+    x = linen.LayerNorm(dtype=self.dtype)(x)
+    x = linen.MultiHeadDotProductAttention(2, dtype=self.dtype)(
+        x, mask=linen.make_causal_mask(x[..., 0]))
+    x = linen.Conv(4, (3,), dtype=self.dtype)(x)
+    return linen.Dense(3, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+def test_bfloat16_computation_is_as_accurate_as_jax_grad():
+  """In bfloat16 the two gradients differ by rounding: each is compared with the float32
+  model's gradient, and the hand one must be about as close to it as jax.grad's."""
+  x = _data(12, (2, 5, 4), jnp.float32)
+  params = _Mixed(jnp.bfloat16).init(jax.random.key(11), x)["params"]
+
+  def loss(dtype):
+    return lambda p: jnp.mean(optax.sigmoid_binary_cross_entropy(
+        _Mixed(dtype).apply({"params": p}, x), 0.5))
+
+  got, want = _both(loss(jnp.bfloat16), params)
+  exact = jax.jit(jax.grad(loss(jnp.float32)))(params)
+  chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
+  error = lambda g: max(jax.tree.leaves(  # noqa: E731
+      jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), g, exact)))
+  scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(exact))
+  assert error(want) < 0.05 * scale                      # bfloat16 rounding, not a bug
+  assert error(got) <= 2 * error(want), (error(got), error(want))
 
 
 # ---------------------------------------------------------------------------- nnx
