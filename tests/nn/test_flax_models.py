@@ -3,11 +3,12 @@ recurrent networks through nn.RNN (LSTMCell, GRUCell, OptimizedLSTMCell; lax.sca
 nn.scan underneath), a bidirectional RNN, nn.scan with nn.remat, multi-head attention
 (causal self-attention, cross-attention), Dropout with an RNG, BatchNorm in training mode
 with mutable batch_stats, LayerNorm, Embed, flax.nnx modules (nnx.split/merge, nnx.RNN,
-nnx.scan), bfloat16 computation, and one jitted optax training step."""
+nnx.scan), bfloat16 computation, a GRU's Hessian, and one jitted optax training step."""
 
 import chex
 import flax.linen as linen
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -80,6 +81,18 @@ def test_bidirectional_and_reversed_rnn():
       return jnp.sum(jnp.sin(out)) + jnp.sum(c * h) + jnp.sum(jnp.cos(ys))
 
     _agree(*_both(loss, params, rparams, x, argnums=(0, 1, 2)), 1e-9)
+
+
+def test_second_order_through_a_gru():
+  """hg.hessian of a GRU's loss w.r.t. its flattened parameters: a scan differentiated
+  twice by hand."""
+  with jax.enable_x64(True):
+    model = linen.RNN(linen.GRUCell(3, param_dtype=jnp.float64))
+    x = _data(13, (2, 4, 3), jnp.float64)
+    flat, unravel = jax.flatten_util.ravel_pytree(model.init(jax.random.key(12), x)["params"])
+    loss = lambda w: jnp.sum(jnp.sin(model.apply({"params": unravel(w)}, x)))  # noqa: E731
+    got, want = jax.jit(lambda w: (hg.hessian(loss)(w), jax.hessian(loss)(w)))(flat)
+    _agree(got, want, 1e-9)
 
 
 class _Step(linen.Module):
