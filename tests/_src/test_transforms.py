@@ -139,7 +139,7 @@ def test_custom_vjp_python_scalar_residuals_reach_bwd_unchanged():
   ``perturbed`` flags there) reach ``bwd`` as the Python values, as JAX passes them."""
   @jax.custom_vjp
   def f(x, y):
-    return jnp.sin(x) * y
+    return jnp.sin(x) * y, 2.0              # a constant output: a literal, used below
 
   def fwd(x, y):
     return f(x.value, y.value), (x.value, y.value, x.perturbed, 3)
@@ -147,11 +147,15 @@ def test_custom_vjp_python_scalar_residuals_reach_bwd_unchanged():
   def bwd(res, g):
     x, y, x_perturbed, three = res
     assert isinstance(x_perturbed, bool) and isinstance(three, int), (x_perturbed, three)
+    g, _ = g
     dx = g * jnp.cos(x) * y * three if x_perturbed else None
     return dx, g * jnp.sin(x)
 
   f.defvjp(fwd, bwd, symbolic_zeros=True)
-  loss = lambda x, y: jnp.sum(f(x, y))  # noqa: E731
+
+  def loss(x, y):
+    out, two = f(x, y)
+    return jnp.sum(out * jnp.exp(two * y))
   args = (jnp.arange(3.0), jnp.ones(3) * 2)
   for argnums in [(0, 1), 1]:
     want = jax.grad(loss, argnums)(*args)
