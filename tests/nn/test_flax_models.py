@@ -259,6 +259,7 @@ def test_nnx_block(dtype, tol):
   with jax.enable_x64(True):
     model = _NnxBlock(dtype, nnx.Rngs(0, dropout=1))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    rest = _cast(rest, dtype)                                 # batch stats: float32
     x = _data(9, (2, 5, 3), dtype)
 
     def loss(params, x):
