@@ -7,6 +7,7 @@ filter_vmap / filter_checkpoint, filter_custom_vjp and the checkpointed while lo
 one jitted optax training step."""
 
 import chex
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +15,6 @@ import optax
 import pytest
 
 import handgrad as hg
-
-eqx = pytest.importorskip("equinox")
 
 DTYPES = [(jnp.float64, 1e-9), (jnp.float32, 2e-5)]
 
