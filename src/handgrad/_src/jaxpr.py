@@ -780,3 +780,17 @@ def names_in_regions(jaxpr: Any, kinds: Sequence[str]) -> dict[str, str]:
 
   walk(jaxpr, None)
   return found
+
+
+# --- custom_vjp: residuals written into the forward jaxpr -------------------------------
+
+def raw_literal_outputs(jaxpr: Any, outs: Sequence[Any]) -> list:
+  """``outs`` (``jaxpr``'s evaluated outputs) with each output that is a literal
+  replaced by the literal's own value, as ``jax.core.eval_jaxpr`` returns it.
+
+  A ``custom_vjp`` forward may return Python scalars among its residuals (equinox's
+  ``filter_custom_vjp`` returns its ``perturbed`` flags, Python bools, and tests them
+  with ``isinstance(flag, bool)`` in ``bwd``); tracing writes them into the forward
+  jaxpr as literals, and JAX hands ``bwd`` the literal's value unchanged.
+  """
+  return [v.val if is_literal(v) else o for v, o in zip(unwrap(jaxpr).outvars, outs)]

@@ -189,7 +189,10 @@ def _custom_vjp_forward(eqn, invals, in_active, remat):
   fwd_jaxpr, fwd_consts = p["fwd_jaxpr_thunk"].call_wrapped(*[bool(a) for a in in_active[nc:]])
   with hj.eqn_context(eqn):
     res_and_outs, _ = _engine().forward(fwd_jaxpr, fwd_consts, primals, [False] * len(primals))
-  res, outs = hj.custom_vjp_residuals(p, invals, res_and_outs)
+  _, outs = hj.custom_vjp_residuals(p, invals, res_and_outs)
+  # ``bwd`` gets literal residuals (Python scalars the forward returned) as JAX gives
+  # them; the outputs stay arrays, as every rule expects.
+  res, _ = hj.custom_vjp_residuals(p, invals, hj.raw_literal_outputs(fwd_jaxpr, res_and_outs))
   return outs, CustomVJPRecord(res)
 
 
