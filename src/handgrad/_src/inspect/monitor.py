@@ -98,63 +98,113 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
   return {path: leaf_stats(g) for path, g in named_leaves(grads)}
 
 
-def gradient_stats_every(grads: PyTree, step: Array, every: int) -> dict[str, GradStats]:
+def gradient_stats_every(grads: PyTree, step: Array, every: int, *,
+                         stats: Callable[[PyTree], Any] | None = None) -> Any:
   """:func:`gradient_stats` on steps ``step % every == 0``, NaN statistics otherwise.
 
-  For a jitted training step that monitors one step in ``every``: the choice is made
-  on the device with ``lax.cond``, so the statistics cost nothing on the other steps
-  and the step compiles once.  Call it in the step in place of ``gradient_stats``::
+  The choice is made on the device with ``lax.cond``: the step compiles once and
+  returns the same pytree on every step.  It measured slower than choosing between two
+  compiled steps on the host (:class:`EveryKSteps`, what ``make_train_step(...,
+  monitor_every=k)`` does; ``bench/diagnostics.py``), so use it only where the step
+  number is traced, e.g. inside a ``lax.scan`` over steps::
 
-    metrics["grad_stats"] = gradient_stats_every(grads, state.step, every)
+    metrics["grad_stats"] = gradient_stats_every(grads, state.step + 1, every)
 
   and log only the monitored steps (``GradientMonitor.log`` when
   ``step % every == 0``).
 
   Args:
     grads: the gradient pytree.
-    step: the step counter, an integer scalar (traced inside ``jit``).
+    step: the step number, an integer scalar (traced inside ``jit``).
     every: monitor one step in ``every`` (``every=1``: every step, no ``cond``).
+    stats: the statistics ``grads -> pytree`` (default :func:`gradient_stats`).
   """
-  if every < 1:
-    raise ValueError(f"gradient_stats_every needs every >= 1, got {every}")
+  if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+    raise ValueError(f"gradient_stats_every needs every >= 1, got {every!r}")
+  fn = gradient_stats if stats is None else stats
   if every == 1:
-    return gradient_stats(grads)
-  shapes = jax.eval_shape(gradient_stats, grads)
+    return fn(grads)
+  shapes = jax.eval_shape(fn, grads)
 
   def skipped(_):
     return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
-  return lax.cond(jnp.asarray(step) % every == 0, gradient_stats, skipped, grads)
+  return lax.cond(jnp.asarray(step) % every == 0, fn, skipped, grads)
 
 
 class EveryKSteps:
-  """Runs ``monitored`` on one call in ``every`` and ``plain`` on the others.
+  """Runs ``monitored`` on the steps whose number is a multiple of ``every``, ``plain``
+  on the others: the host chooses between two compiled steps.
 
-  The host-side choice between two compiled steps: the statistics cost nothing on
-  the ``every - 1`` unmonitored steps, and the plain step keeps its own compiled
-  program (measured against ``gradient_stats_every``'s in-step ``lax.cond`` in
-  ``bench/diagnostics.py``: this measures better on XLA:CPU).  Both steps must take
-  and return the same state; ``monitored`` returns the statistics in its metrics.
+  Steps are numbered from 1, as ``handgrad.train.fit`` and ``handgrad train --monitor
+  N`` number them: with ``every=10`` steps 10, 20, ... are monitored.  The statistics
+  then cost nothing on the ``every - 1`` other steps, which run the plain step's own
+  program (measured against :func:`gradient_stats_every`'s in-step ``lax.cond`` in
+  ``bench/diagnostics.py``: this measures better on XLA:CPU).  Both steps take and
+  return the same state; ``monitored`` returns the statistics with its metrics.
+
+  The step number comes from one of two places:
+
+  * ``steps_done=None``: a host-side count of calls, ``start`` steps already done (the
+    first call is step ``start + 1``);
+  * ``steps_done=lambda state: state.step``: the state's own count of steps done.  The
+    steps must return ``(state, ...)``.  The count is read from the device (one sync)
+    only when the state passed in is not the one the previous call returned, e.g.
+    the first call, a resumed or a replaced state; otherwise it is the previous
+    call's number plus one, known on the host, and nothing waits for the device.
+    When the count is traced (the steps called under an outer ``jax.jit`` or
+    ``lax.scan``) no host choice is possible: ``traced(state, *args)`` runs instead
+    (e.g. a step using :func:`gradient_stats_every`); without it that is an error.
 
   Args:
     plain, monitored: the two steps (``jax.jit``-ed), ``step(state, *args)``.
-    every: monitor one call in ``every``; the first call (``start=0``) is monitored.
-    start: the index of the next call (to resume a run).
+    every: monitor the steps whose number is a multiple of ``every`` (>= 1).
+    start: with ``steps_done=None``, the number of steps already done.
+    steps_done: ``state -> number of steps done`` (an integer scalar), or ``None``.
+    traced: the step to run when ``steps_done(state)`` is traced.
 
   ``last_monitored`` says whether the latest call ran ``monitored``.
   """
 
-  def __init__(self, plain: Callable, monitored: Callable, every: int, start: int = 0):
-    if every < 1:
-      raise ValueError(f"EveryKSteps needs every >= 1, got {every}")
-    self.plain, self.monitored, self.every = plain, monitored, every
+  def __init__(self, plain: Callable, monitored: Callable, every: int, start: int = 0, *,
+               steps_done: Callable[[Any], Any] | None = None,
+               traced: Callable | None = None):
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+      raise ValueError(f"EveryKSteps needs every >= 1, got {every!r}")
+    self.plain, self.monitored, self.every = plain, monitored, int(every)
+    self.steps_done, self.traced = steps_done, traced
     self.count = int(start)
     self.last_monitored = False
+    self._returned: Any = None  # steps_done(state) of the state the last call returned
+
+  def _number(self, state) -> int | None:
+    """The number of the step about to run; ``None`` when it is traced."""
+    if self.steps_done is None:
+      return self.count + 1
+    done = self.steps_done(state)
+    if self._returned is not None and done is self._returned:
+      return self.count + 1
+    if isinstance(done, jax.core.Tracer):
+      return None
+    if isinstance(done, jax.Array) and not done.is_fully_addressable:
+      done = done.addressable_data(0)  # the same on every process
+    return int(np.asarray(done)) + 1
 
   def __call__(self, state, *args):
-    self.last_monitored = self.count % self.every == 0
-    self.count += 1
-    return (self.monitored if self.last_monitored else self.plain)(state, *args)
+    number = self._number(state)
+    if number is None:
+      if self.traced is None:
+        raise ValueError("EveryKSteps: the state's step count is traced (called under "
+                         "jax.jit or lax.scan), so the host cannot choose the step; pass "
+                         "traced=... or call it outside jit")
+      self.last_monitored = False
+      return self.traced(state, *args)
+    self.last_monitored = number % self.every == 0
+    out = (self.monitored if self.last_monitored else self.plain)(state, *args)
+    self.count = number
+    if self.steps_done is not None:
+      self._returned = self.steps_done(out[0])
+    return out
 
 
 # --- history -------------------------------------------------------------------------
