@@ -38,48 +38,62 @@ from handgrad._src.inspect.health import (EXPLODING_NORM, LARGE_MAX_ABS, VANISHI
 _ONE_PASS_MIN = 1e-2
 
 
-def leaf_stats(g: Array) -> GradStats:
-  """:class:`GradStats` of one array, computed in at least float32.
+def _sum_sq(g: Array) -> Array:
+  """Σg², written as ``optax.tree.norm`` (hence ``handgrad.train``'s ``global_norm``)
+  writes it, on the same array: in a training step that also computes the global norm,
+  XLA's common-subexpression elimination makes the two one reduction."""
+  return jnp.sum(jnp.square(g.real) + jnp.square(g.imag))
 
-  Three independent reductions read ``g``: ``Σg``, ``Σg²`` and ``max |g|``; the
-  statistics are arithmetic on them.  The variance is the one-pass
-  ``Σ(g - mean)² = Σg² - mean·Σg``, whose rounding error is about
-  ``eps·Σg²``; when that sum is less than ``_ONE_PASS_MIN`` of ``Σg²`` (a gradient
-  whose mean is large against its spread) a ``lax.cond`` recomputes it in two passes,
-  so ``std`` is within about ``1e-5`` relative of the two-pass value in every case.
-  The finite fraction is 1 when ``Σg²`` is finite (a NaN or inf element makes it
-  non-finite) and is counted, under a ``lax.cond``, only otherwise.  A NaN or inf
-  element shows in ``mean``/``std``/``max_abs``/``norm`` as in PyTorch; ``max_abs`` is
-  NaN when an element is (XLA:CPU's vectorised max reduction can drop a NaN of a long
-  array; ``Σg²`` cannot: its terms are >= 0).
-  """
-  g = upcast(jnp.asarray(g))
-  n = g.size
-  dt = g.dtype
-  if n == 0:
-    nan = jnp.full((), jnp.nan, dt)
-    zero = jnp.zeros((), dt)
-    return GradStats(nan, nan, zero, zero, jnp.ones((), dt))
-  flat = jnp.reshape(g, (n,))
-  total = jnp.sum(flat)
-  sum_sq = jnp.sum(flat * flat)
-  max_abs = jnp.where(jnp.isnan(sum_sq), jnp.nan, jnp.max(jnp.abs(flat)))
-  mean = total / n
-  norm = jnp.sqrt(sum_sq)
-  finite_sums = jnp.isfinite(sum_sq)
+
+def _sums(g: Array) -> tuple[Array, Array, Array]:
+  """``(Σg, Σg², max |g|)`` of a non-empty float array: three reductions of ``g``."""
+  return jnp.sum(g), _sum_sq(g), jnp.max(jnp.abs(g))
+
+
+def _centred_sum(g: Array, total: Array, sum_sq: Array) -> Array:
+  """The one-pass ``Σ(g - mean)² = Σg² - mean·Σg`` (rounding error about ``eps·Σg²``)."""
+  return sum_sq - total * (total / g.size)
+
+
+def _one_pass_ok(g: Array, total: Array, sum_sq: Array) -> Array:
+  """Whether the one-pass centred sum and the finite fraction 1 are exact enough: Σg²
+  finite (no NaN or inf element, no overflow) and ``Σ(g - mean)²`` at least
+  ``_ONE_PASS_MIN`` of ``Σg²`` (``|mean|`` below about 10 standard deviations)."""
+  return jnp.isfinite(sum_sq) & (_centred_sum(g, total, sum_sq) >= _ONE_PASS_MIN * sum_sq)
+
+
+def _careful(g: Array, total: Array, sum_sq: Array) -> tuple[Array, Array]:
+  """``(Σ(g - mean)², finite fraction)`` when ``_one_pass_ok`` fails: the two-pass
+  centred sum where the one-pass one lost its digits, and the counted fraction."""
+  one_pass = _centred_sum(g, total, sum_sq)
+  keep = (one_pass >= _ONE_PASS_MIN * sum_sq) | ~jnp.isfinite(sum_sq)
+  two_pass = jnp.sum(jnp.square(g - total / g.size))
+  return jnp.where(keep, one_pass, two_pass), jnp.mean(jnp.isfinite(g).astype(g.dtype))
+
+
+def _stats(g: Array, total, sum_sq, max_abs, centred, finite) -> GradStats:
+  n, dt = g.size, g.dtype
+  # A NaN element makes Σg² NaN (its terms are >= 0); XLA:CPU's vectorised max
+  # reduction can drop a NaN of a long array, so max_abs takes it from Σg².
+  max_abs = jnp.where(jnp.isnan(sum_sq), jnp.nan, max_abs)
   if n > 1:
-    one_pass = sum_sq - total * mean
-    keep = (one_pass >= _ONE_PASS_MIN * sum_sq) | ~finite_sums
-    centred = lax.cond(keep, lambda x: one_pass,
-                       lambda x: jnp.sum(jnp.square(x - jnp.mean(x))), flat)
-    # ddof=1 as in torch.Tensor.std(); with one element the 0/0 is NaN, as in PyTorch.
-    # The clamp (which keeps NaN) guards a rounding below 0 for constant data.
+    # ddof=1 as in torch.Tensor.std(); the clamp (which keeps NaN) guards a rounding
+    # below 0 for constant data.
     std = jnp.sqrt(jnp.maximum(centred, 0) / (n - 1))
-  else:
+  else:  # with one element the 0/0 is NaN, as in PyTorch
     std = jnp.full((), jnp.nan, dt)
-  finite = lax.cond(finite_sums, lambda x: jnp.ones((), dt),
-                    lambda x: jnp.mean(jnp.isfinite(x).astype(dt)), flat)
-  return GradStats(mean, std, max_abs, norm, finite)
+  return GradStats(total / n, std, max_abs, jnp.sqrt(sum_sq), finite)
+
+
+def _empty_stats(dt) -> GradStats:
+  nan, zero = jnp.full((), jnp.nan, dt), jnp.zeros((), dt)
+  return GradStats(nan, nan, zero, zero, jnp.ones((), dt))
+
+
+def leaf_stats(g: Array) -> GradStats:
+  """:class:`GradStats` of one array, computed in at least float32 (see
+  :func:`gradient_stats`)."""
+  return gradient_stats({"g": g})["g"]
 
 
 def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
@@ -87,7 +101,21 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
 
   Jit-safe: call it inside the jitted step and return its result (a pytree of
   scalars).  Paths are :func:`handgrad.nn.param_paths`'s (``"layers/0/W"``), in tree
-  flattening order.
+  flattening order.  Every statistic is computed in at least float32.
+
+  Cost: three reductions read each leaf, ``Σg``, ``Σg²`` and ``max |g|``, and the
+  statistics are arithmetic on them.  ``Σg²`` is written as ``optax.tree.norm`` writes
+  it, so in a training step that also takes the gradients' global norm (``make_train_
+  step`` does) XLA computes it once for both.  The variance is the one-pass
+  ``Σ(g - mean)² = Σg² - mean·Σg`` and the finite fraction is 1 when ``Σg²`` is finite;
+  one ``lax.cond`` for the whole tree recomputes, only when some leaf needs it, the
+  centred sum in two passes (a leaf whose mean is large against its spread, where the
+  one-pass sum loses its digits: ``std`` stays within about ``1e-5`` relative of the
+  two-pass value) and the finite fraction by counting (a leaf with a NaN or inf).
+  A NaN or inf element shows in ``mean``/``std``/``max_abs``/``norm`` as in PyTorch.
+  On XLA:CPU each reduction is its own pass over the leaf; the cost is measured in
+  ``bench/diagnostics.py`` (``make_train_step(monitor=True, monitor_every=k)`` pays
+  it on one step in k).
 
   Args:
     grads: a gradient pytree (e.g. from ``handgrad.grad``), any float dtypes.
@@ -95,7 +123,26 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
   Returns:
     A dict from parameter path to its :class:`GradStats`.
   """
-  return {path: leaf_stats(g) for path, g in named_leaves(grads)}
+  named = [(path, upcast(jnp.asarray(g))) for path, g in named_leaves(grads)]
+  full = [(path, g) for path, g in named if g.size]
+  sums = [_sums(g) for _, g in full]
+  careful = None
+  if full:
+    ok = jnp.stack([_one_pass_ok(g, t, s) for (_, g), (t, s, _m) in zip(full, sums)])
+
+    def one_pass(operands):
+      return [(_centred_sum(g, t, s), jnp.ones((), g.dtype))
+              for g, (t, s, _m) in zip(*operands)]
+
+    def recompute(operands):
+      return [_careful(g, t, s) for g, (t, s, _m) in zip(*operands)]
+
+    careful = lax.cond(jnp.all(ok), one_pass, recompute,
+                       ([g for _, g in full], sums))
+  out = {path: _empty_stats(g.dtype) for path, g in named if not g.size}
+  for (path, g), (t, s, m), (c, f) in zip(full, sums, careful or ()):
+    out[path] = _stats(g, t, s, m, c, f)
+  return {path: out[path] for path, _ in named}
 
 
 def gradient_stats_every(grads: PyTree, step: Array, every: int, *,
