@@ -42,6 +42,7 @@ ratio to the table's reference.  Target: ≤ 1.03 for the monitor and
 ``trace_backward(wrt_inputs=False)``.
 
     python bench/diagnostics.py          # writes its section of bench/results.md
+    python bench/diagnostics.py --batch 1024 --repeats 21   # its own section
     python bench/diagnostics.py --quick
 """
 
@@ -225,8 +226,9 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--no-write", action="store_true")
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=None, help="rounds (default 61)")
   args = parser.parse_args(argv)
-  repeats = 7 if args.quick else 61
+  repeats = args.repeats or (7 if args.quick else 61)
   kp, kx, ky = jax.random.split(jax.random.key(0), 3)
   params = init_mlp(kp)
   x = jax.random.normal(kx, (args.batch, 784))

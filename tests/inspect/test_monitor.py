@@ -233,6 +233,28 @@ def test_fused_stats_match_two_pass_references():
       assert float(s.finite_fraction) == 1.0
 
 
+def test_one_leaf_needing_the_careful_branch_leaves_the_others_exact():
+  # One lax.cond serves the whole tree: a leaf with a NaN (counted finite fraction) or
+  # a large mean (two-pass variance) sends every leaf through the careful branch.
+  key = jax.random.key(4)
+  normal = jax.random.normal(key, (300, 70))
+  for odd in (jnp.array([1.0, jnp.nan, 3.0]), 1e3 + jax.random.normal(key, (5000,))):
+    both = jax.jit(hgi.gradient_stats)({"normal": normal, "odd": odd})
+    alone = jax.jit(hgi.gradient_stats)({"normal": normal})
+    x = np.asarray(normal, np.float64)
+    s = both["normal"]
+    np.testing.assert_allclose([s.mean, s.std, s.max_abs, s.norm],
+                               [x.mean(), x.std(ddof=1), np.abs(x).max(),
+                                np.sqrt((x * x).sum())], rtol=1e-5, atol=1e-6)
+    assert float(s.finite_fraction) == 1.0
+    np.testing.assert_allclose(np.array(both["normal"]), np.array(alone["normal"]),
+                               rtol=1e-6)
+    y = np.asarray(odd, np.float64)
+    np.testing.assert_allclose(both["odd"].finite_fraction, np.isfinite(y).mean())
+    if np.isfinite(y).all():
+      np.testing.assert_allclose(both["odd"].std, y.std(ddof=1), rtol=1e-4)
+
+
 def test_nan_in_a_long_gradient_shows_in_max_abs_and_finite_fraction():
   g = jnp.ones(100_000).at[3].set(jnp.nan).at[7].set(-jnp.inf)
   for fn in (hgi.gradient_stats, jax.jit(hgi.gradient_stats)):

@@ -93,7 +93,28 @@ def _empty_stats(dt) -> GradStats:
 def leaf_stats(g: Array) -> GradStats:
   """:class:`GradStats` of one array, computed in at least float32 (see
   :func:`gradient_stats`)."""
-  return gradient_stats({"g": g})["g"]
+  return _stats_of([upcast(jnp.asarray(g))])[0]
+
+
+def _stats_of(arrays: list[Array]) -> list[GradStats]:
+  """:class:`GradStats` of each array (already upcast), with one ``lax.cond`` for all."""
+  full = [g for g in arrays if g.size]
+  sums = [_sums(g) for g in full]
+  careful = []
+  if full:
+    ok = jnp.stack([_one_pass_ok(g, t, s) for g, (t, s, _m) in zip(full, sums)])
+
+    def one_pass(operands):
+      return [(_centred_sum(g, t, s), jnp.ones((), g.dtype))
+              for g, (t, s, _m) in zip(*operands)]
+
+    def recompute(operands):
+      return [_careful(g, t, s) for g, (t, s, _m) in zip(*operands)]
+
+    careful = lax.cond(jnp.all(ok), one_pass, recompute, (full, sums))
+  done = iter([_stats(g, t, s, m, c, f)
+               for g, (t, s, m), (c, f) in zip(full, sums, careful)])
+  return [next(done) if g.size else _empty_stats(g.dtype) for g in arrays]
 
 
 def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
@@ -123,26 +144,9 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
   Returns:
     A dict from parameter path to its :class:`GradStats`.
   """
-  named = [(path, upcast(jnp.asarray(g))) for path, g in named_leaves(grads)]
-  full = [(path, g) for path, g in named if g.size]
-  sums = [_sums(g) for _, g in full]
-  careful = None
-  if full:
-    ok = jnp.stack([_one_pass_ok(g, t, s) for (_, g), (t, s, _m) in zip(full, sums)])
-
-    def one_pass(operands):
-      return [(_centred_sum(g, t, s), jnp.ones((), g.dtype))
-              for g, (t, s, _m) in zip(*operands)]
-
-    def recompute(operands):
-      return [_careful(g, t, s) for g, (t, s, _m) in zip(*operands)]
-
-    careful = lax.cond(jnp.all(ok), one_pass, recompute,
-                       ([g for _, g in full], sums))
-  out = {path: _empty_stats(g.dtype) for path, g in named if not g.size}
-  for (path, g), (t, s, m), (c, f) in zip(full, sums, careful or ()):
-    out[path] = _stats(g, t, s, m, c, f)
-  return {path: out[path] for path, _ in named}
+  named = named_leaves(grads)
+  stats = _stats_of([upcast(jnp.asarray(g)) for _, g in named])
+  return {path: st for (path, _), st in zip(named, stats)}
 
 
 def gradient_stats_every(grads: PyTree, step: Array, every: int, *,
