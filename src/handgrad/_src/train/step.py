@@ -307,9 +307,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       from 1: the state's ``step`` after the update) is a multiple of this; the others
       return no ``"grad_stats"``.  With ``monitor_every > 1`` the returned step holds
       two compiled programs, the plain step and the monitored one, and chooses on the
-      host (``handgrad.inspect``'s ``EveryKSteps``): an unmonitored step runs exactly
-      the program of ``monitor=False`` and gives bit-identical parameters, and the
-      statistics cost one step in ``monitor_every`` (``bench/diagnostics.py``).  The
+      host: an unmonitored step runs exactly the program of ``monitor=False``, every
+      step gives the parameters of ``monitor=False`` bit for bit, and the statistics
+      cost one step in ``monitor_every`` (``bench/diagnostics.py``).  The
       state's step count is read from the device only when the state passed in is
       not the one the previous call returned (the first call, a resumed state).  When
       that count is traced (``jit=False`` and the step called under an outer
