@@ -191,7 +191,7 @@ def main(argv=None):
   if args.models in ("all", "mlp+transformer"):
     rows = mlp_and_transformer_rows(kp, kx, ky, repeats, args.quick)
     write_rows(rows, "Engine: jitted training step, handgrad.grad vs jax.grad (bench/engine.py)",
-               args)
+               args, note=ENGINE_NOTE)
   if args.models in ("all", "cnn"):
     rows = cnn_rows(kp, kx, ky, repeats)
     write_rows(rows, "CNN: jitted training step, handgrad.grad vs jax.grad "
@@ -243,6 +243,15 @@ def cnn_rows(kp, kx, ky, repeats):
       print(row, flush=True)
       rows.append(row)
   return rows
+
+
+ENGINE_NOTE = (
+    "Like with like: the `mlp/ops`, `mlp/jnp` and transformer rows are a bare SGD step "
+    "(value_and_grad and the update, no guard) on both sides; the `mlp/train step` rows are "
+    "`handgrad.train.make_train_step(classification_loss(nn.mlp.apply), optax.adam(1e-3), "
+    "backend=\"hand\")` against `backend=\"jax\"`: the same global gradient norm, the same "
+    "guard that skips a non-finite update and the same adam on both sides, only the gradient "
+    "differs.")
 
 
 CNN_NOTE = (
