@@ -3,7 +3,11 @@
 One step = forward, loss, backward, SGD update, jitted and donating the parameters.
 Models: the seed's MLP [784, 256, 128, 10] written with handgrad.ops layer-level ops
 (``mlp/ops``) and with plain jax.numpy/jax.nn (``mlp/jnp``, exercising primitive
-rules) at batch 32, 128, 1024 and 8192; a stack of 4 pre-norm transformer blocks; and the
+rules) at batch 32, 128, 1024 and 8192; the training step of ``handgrad.train``
+(``mlp/train step``: ``make_train_step(..., backend="hand")`` against
+``backend="jax"``, both with adam, the global gradient norm and the guard that skips a
+non-finite update, so the two rows differ only in the gradient) at batch 32, 128 and
+1024; a stack of 4 pre-norm transformer blocks; and the
 MNIST CNN of ``handgrad.nn.cnn`` (``cnn/ops``: conv2d/max_pool layer ops) and the same
 network in plain lax/jax.nn (``cnn/jnp``: the conv_general_dilated and reduce_window_max
 primitive rules) at batch 32 and 128.
@@ -42,7 +46,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
+import optax
+
 import handgrad as hg
+from handgrad import train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import (compile_seconds_and_memory, losses_agree,  # noqa: E402
@@ -123,9 +130,26 @@ def cnn_loss_jnp(params, x, y):
 
 # --- steps ----------------------------------------------------------------------------
 
-def bench_case(name, loss, params, batch, *, repeats, iters):
-  makers = {"hand": sgd_step_factory(loss, hg.value_and_grad, LR),
-            "jax": sgd_step_factory(loss, jax.value_and_grad, LR)}
+def train_step_factory(backend: str):
+  """Fresh ``make_train_step`` steps (adam, guarded) as ``step(state, batch) -> (state,
+  loss)`` for ``time_training_steps``; each call builds new jitted functions."""
+  tx = optax.adam(1e-3)
+  loss = train.classification_loss(hg.nn.mlp.apply)
+
+  def make():
+    step = train.make_train_step(loss, tx, backend=backend)
+
+    def run(state, batch):
+      state, metrics = step(state, batch)
+      return state, metrics["loss"]
+    run.lower = step.lower  # for the compile time and memory
+    return run
+  return make, tx
+
+
+def bench_case(name, loss, params, batch, *, repeats, iters, makers=None):
+  makers = makers or {"hand": sgd_step_factory(loss, hg.value_and_grad, LR),
+                      "jax": sgd_step_factory(loss, jax.value_and_grad, LR)}
   # Trace+compile time and memory of fresh jit objects, interleaved over 3 rounds.
   compile_s = {k: [] for k in makers}
   temp = {}
@@ -167,7 +191,7 @@ def main(argv=None):
   if args.models in ("all", "mlp+transformer"):
     rows = mlp_and_transformer_rows(kp, kx, ky, repeats, args.quick)
     write_rows(rows, "Engine: jitted training step, handgrad.grad vs jax.grad (bench/engine.py)",
-               args)
+               args, note=ENGINE_NOTE)
   if args.models in ("all", "cnn"):
     rows = cnn_rows(kp, kx, ky, repeats)
     write_rows(rows, "CNN: jitted training step, handgrad.grad vs jax.grad "
@@ -186,6 +210,17 @@ def mlp_and_transformer_rows(kp, kx, ky, repeats, quick):
       row = bench_case(f"mlp/{variant} batch {bs}", loss, mlp, (x, y), repeats=repeats, iters=iters)
       print(row, flush=True)
       rows.append(row)
+  for bs in (32, 1024) if quick else (32, 128, 1024):
+    (hand, tx), (jax_step, _) = train_step_factory("hand"), train_step_factory("jax")
+    state = train.TrainState.create(hg.nn.mlp.init([784, 256, 128, 10], key=kp), tx, key=0)
+    x = jax.random.uniform(kx, (bs, 784))
+    y = jax.random.randint(ky, (bs,), 0, 10)
+    batch = hg.data.Batch(x, y, jnp.ones(bs, bool))
+    iters = max(3, min(200, 200_000 // (bs * 10)))
+    row = bench_case(f"mlp/train step (adam, guarded) batch {bs}", None, state, (batch,),
+                     repeats=repeats, iters=iters, makers={"hand": hand, "jax": jax_step})
+    print(row, flush=True)
+    rows.append(row)
   tf = init_transformer(kp)
   x = jax.random.normal(kx, (16, 64, 128))
   target = jax.random.normal(ky, (16, 64, 128))
@@ -208,6 +243,15 @@ def cnn_rows(kp, kx, ky, repeats):
       print(row, flush=True)
       rows.append(row)
   return rows
+
+
+ENGINE_NOTE = (
+    "Like with like: the `mlp/ops`, `mlp/jnp` and transformer rows are a bare SGD step "
+    "(value_and_grad and the update, no guard) on both sides; the `mlp/train step` rows are "
+    "`handgrad.train.make_train_step(classification_loss(nn.mlp.apply), optax.adam(1e-3), "
+    "backend=\"hand\")` against `backend=\"jax\"`: the same global gradient norm, the same "
+    "guard that skips a non-finite update and the same adam on both sides, only the gradient "
+    "differs.")
 
 
 CNN_NOTE = (

@@ -233,6 +233,28 @@ def test_fused_stats_match_two_pass_references():
       assert float(s.finite_fraction) == 1.0
 
 
+def test_one_leaf_needing_the_careful_branch_leaves_the_others_exact():
+  # One lax.cond serves the whole tree: a leaf with a NaN (counted finite fraction) or
+  # a large mean (two-pass variance) sends every leaf through the careful branch.
+  key = jax.random.key(4)
+  normal = jax.random.normal(key, (300, 70))
+  for odd in (jnp.array([1.0, jnp.nan, 3.0]), 1e3 + jax.random.normal(key, (5000,))):
+    both = jax.jit(hgi.gradient_stats)({"normal": normal, "odd": odd})
+    alone = jax.jit(hgi.gradient_stats)({"normal": normal})
+    x = np.asarray(normal, np.float64)
+    s = both["normal"]
+    np.testing.assert_allclose([s.mean, s.std, s.max_abs, s.norm],
+                               [x.mean(), x.std(ddof=1), np.abs(x).max(),
+                                np.sqrt((x * x).sum())], rtol=1e-5, atol=1e-6)
+    assert float(s.finite_fraction) == 1.0
+    np.testing.assert_allclose(np.array(both["normal"]), np.array(alone["normal"]),
+                               rtol=1e-6)
+    y = np.asarray(odd, np.float64)
+    np.testing.assert_allclose(both["odd"].finite_fraction, np.isfinite(y).mean())
+    if np.isfinite(y).all():
+      np.testing.assert_allclose(both["odd"].std, y.std(ddof=1), rtol=1e-4)
+
+
 def test_nan_in_a_long_gradient_shows_in_max_abs_and_finite_fraction():
   g = jnp.ones(100_000).at[3].set(jnp.nan).at[7].set(-jnp.inf)
   for fn in (hgi.gradient_stats, jax.jit(hgi.gradient_stats)):
@@ -268,14 +290,53 @@ def test_every_k_steps_alternates_two_compiled_steps():
   step = EveryKSteps(plain, monitored, 3)
   state = 0
   flags = []
-  for _ in range(7):
+  for _ in range(7):  # steps 1..7: 3 and 6 are monitored
     state = step(state, 1)
     flags.append(step.last_monitored)
-  assert state == 7 and "".join(calls) == "mppmppm" and flags[0] and not flags[1]
-  assert "".join(calls[-2:]) == "pm"
-  resumed = EveryKSteps(plain, monitored, 3, start=4)
+  assert state == 7 and "".join(calls) == "ppmppmp" and flags[2] and not flags[0]
+  resumed = EveryKSteps(plain, monitored, 3, start=4)  # steps 5, 6, 7
   calls.clear()
   resumed(0, 1), resumed(0, 1), resumed(0, 1)
-  assert "".join(calls) == "ppm"
+  assert "".join(calls) == "pmp"
   with pytest.raises(ValueError, match="every >= 1"):
     EveryKSteps(plain, monitored, 0)
+
+
+def test_every_k_steps_reads_the_count_from_the_state_only_when_it_changed():
+  from handgrad._src.inspect.monitor import EveryKSteps
+  reads = []
+
+  class Count:  # a step count that records when its value is read on the host
+    def __init__(self, n):
+      self.n = n
+
+    def __array__(self, dtype=None, copy=None):
+      reads.append(self.n)
+      return np.asarray(self.n, dtype)
+
+  calls = []
+
+  def make(tag):
+    def step(state, x):
+      calls.append(tag)
+      return Count(state.n + 1), x
+    return step
+
+  step = EveryKSteps(make("p"), make("m"), 2, steps_done=lambda s: s)
+  state = Count(0)
+  for _ in range(4):
+    state, _ = step(state, None)
+  assert "".join(calls) == "pmpm" and reads == [0]  # read once, then counted on the host
+  step(Count(6), None)  # another state (e.g. resumed): step 7, read from it
+  assert calls[-1] == "p" and reads == [0, 6]
+
+  # Under an outer jit the count is traced: no host choice, the traced step or an error.
+  plain, monitored = make("p"), make("m")
+  fallback = lambda s, x: ("traced", x)  # noqa: E731
+  chooser = EveryKSteps(plain, monitored, 2, steps_done=lambda s: s)
+  with pytest.raises(ValueError, match="the state's step count is traced"):
+    jax.jit(lambda n: chooser(n, None)[0])(jnp.int32(0))
+  chooser = EveryKSteps(plain, monitored, 2, steps_done=lambda s: s, traced=fallback)
+  out = []
+  jax.jit(lambda n: out.append(chooser(n, 5)) or n)(jnp.int32(0))
+  assert out == [("traced", 5)] and not chooser.last_monitored

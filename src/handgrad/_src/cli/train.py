@@ -154,8 +154,9 @@ def add_parser(sub) -> None:
                       "source line, layer, diagnosis) and append it to DIR/nonfinite.json")
   g.add_argument("--no-progress", action="store_true", help="no progress bar")
   g.add_argument("--monitor", type=_positive_int, default=None, metavar="N",
-                 help="record per-parameter gradient statistics every N steps; writes "
-                      "grad_stats.jsonl and gradient_flow.png and prints a health check")
+                 help="record per-parameter gradient statistics on every N-th step (the "
+                      "others run the plain step); writes grad_stats.jsonl and "
+                      "gradient_flow.png and prints a health check")
   _add_mesh_arguments(p)
   p.set_defaults(run=run)
 
@@ -461,18 +462,16 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   step = make_train_step(
       classification_loss(model.apply, precision=args.precision), tx,
       backend=args.backend, accumulate=args.accumulate, frozen=frozen,
-      loss_scale=loss_scale, monitor=args.monitor is not None, mesh=mesh,
-      sharding=args.sharding or "data")
+      loss_scale=loss_scale, monitor=args.monitor is not None,
+      monitor_every=args.monitor or 1, mesh=mesh, sharding=args.sharding or "data")
   eval_step = make_eval_step(
       classification_eval(model.apply, precision=args.precision), mesh=mesh)
-  monitor = on_step = None
+  monitor = None
   if args.monitor is not None:
+    # The step computes the statistics on steps N, 2N, ... only (a second compiled
+    # program); fit logs them.
     from handgrad._src.inspect.monitor import GradientMonitor
     monitor = GradientMonitor()
-
-    def on_step(step_number, metrics):
-      if step_number % args.monitor == 0:
-        monitor.log(jax.device_get(metrics["grad_stats"]), step=step_number)
   config = _config(args, train_ds.name, len(train_ds))
 
   data_desc = (f"{train_ds.name} ({len(train_ds)} train / {len(test_ds)} test digits)")
@@ -484,7 +483,7 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
       out_dir=out, resume=args.resume, overwrite=args.overwrite,
       checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
       on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config,
-      progress=not args.no_progress and _primary(), on_step=on_step,
+      progress=not args.no_progress and _primary(), monitor=monitor,
       plot_title=f"handgrad train: {model.description}, backend {args.backend}",
       mesh=mesh)
   if not _primary():

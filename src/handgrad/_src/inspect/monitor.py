@@ -38,48 +38,83 @@ from handgrad._src.inspect.health import (EXPLODING_NORM, LARGE_MAX_ABS, VANISHI
 _ONE_PASS_MIN = 1e-2
 
 
-def leaf_stats(g: Array) -> GradStats:
-  """:class:`GradStats` of one array, computed in at least float32.
+def _sum_sq(g: Array) -> Array:
+  """Σg², written as ``optax.tree.norm`` (hence ``handgrad.train``'s ``global_norm``)
+  writes it, on the same array: in a training step that also computes the global norm,
+  XLA's common-subexpression elimination makes the two one reduction."""
+  return jnp.sum(jnp.square(g.real) + jnp.square(g.imag))
 
-  Three independent reductions read ``g``: ``Σg``, ``Σg²`` and ``max |g|``; the
-  statistics are arithmetic on them.  The variance is the one-pass
-  ``Σ(g - mean)² = Σg² - mean·Σg``, whose rounding error is about
-  ``eps·Σg²``; when that sum is less than ``_ONE_PASS_MIN`` of ``Σg²`` (a gradient
-  whose mean is large against its spread) a ``lax.cond`` recomputes it in two passes,
-  so ``std`` is within about ``1e-5`` relative of the two-pass value in every case.
-  The finite fraction is 1 when ``Σg²`` is finite (a NaN or inf element makes it
-  non-finite) and is counted, under a ``lax.cond``, only otherwise.  A NaN or inf
-  element shows in ``mean``/``std``/``max_abs``/``norm`` as in PyTorch; ``max_abs`` is
-  NaN when an element is (XLA:CPU's vectorised max reduction can drop a NaN of a long
-  array; ``Σg²`` cannot: its terms are >= 0).
-  """
-  g = upcast(jnp.asarray(g))
-  n = g.size
-  dt = g.dtype
-  if n == 0:
-    nan = jnp.full((), jnp.nan, dt)
-    zero = jnp.zeros((), dt)
-    return GradStats(nan, nan, zero, zero, jnp.ones((), dt))
-  flat = jnp.reshape(g, (n,))
-  total = jnp.sum(flat)
-  sum_sq = jnp.sum(flat * flat)
-  max_abs = jnp.where(jnp.isnan(sum_sq), jnp.nan, jnp.max(jnp.abs(flat)))
-  mean = total / n
-  norm = jnp.sqrt(sum_sq)
-  finite_sums = jnp.isfinite(sum_sq)
+
+def _sums(g: Array) -> tuple[Array, Array, Array]:
+  """``(Σg, Σg², max |g|)`` of a non-empty float array: three reductions of ``g``."""
+  return jnp.sum(g), _sum_sq(g), jnp.max(jnp.abs(g))
+
+
+def _centred_sum(g: Array, total: Array, sum_sq: Array) -> Array:
+  """The one-pass ``Σ(g - mean)² = Σg² - mean·Σg`` (rounding error about ``eps·Σg²``)."""
+  return sum_sq - total * (total / g.size)
+
+
+def _one_pass_ok(g: Array, total: Array, sum_sq: Array) -> Array:
+  """Whether the one-pass centred sum and the finite fraction 1 are exact enough: Σg²
+  finite (no NaN or inf element, no overflow) and ``Σ(g - mean)²`` at least
+  ``_ONE_PASS_MIN`` of ``Σg²`` (``|mean|`` below about 10 standard deviations)."""
+  return jnp.isfinite(sum_sq) & (_centred_sum(g, total, sum_sq) >= _ONE_PASS_MIN * sum_sq)
+
+
+def _careful(g: Array, total: Array, sum_sq: Array) -> tuple[Array, Array]:
+  """``(Σ(g - mean)², finite fraction)`` when ``_one_pass_ok`` fails: the two-pass
+  centred sum where the one-pass one lost its digits, and the counted fraction."""
+  one_pass = _centred_sum(g, total, sum_sq)
+  keep = (one_pass >= _ONE_PASS_MIN * sum_sq) | ~jnp.isfinite(sum_sq)
+  two_pass = jnp.sum(jnp.square(g - total / g.size))
+  return jnp.where(keep, one_pass, two_pass), jnp.mean(jnp.isfinite(g).astype(g.dtype))
+
+
+def _stats(g: Array, total, sum_sq, max_abs, centred, finite) -> GradStats:
+  n, dt = g.size, g.dtype
+  # A NaN element makes Σg² NaN (its terms are >= 0); XLA:CPU's vectorised max
+  # reduction can drop a NaN of a long array, so max_abs takes it from Σg².
+  max_abs = jnp.where(jnp.isnan(sum_sq), jnp.nan, max_abs)
   if n > 1:
-    one_pass = sum_sq - total * mean
-    keep = (one_pass >= _ONE_PASS_MIN * sum_sq) | ~finite_sums
-    centred = lax.cond(keep, lambda x: one_pass,
-                       lambda x: jnp.sum(jnp.square(x - jnp.mean(x))), flat)
-    # ddof=1 as in torch.Tensor.std(); with one element the 0/0 is NaN, as in PyTorch.
-    # The clamp (which keeps NaN) guards a rounding below 0 for constant data.
+    # ddof=1 as in torch.Tensor.std(); the clamp (which keeps NaN) guards a rounding
+    # below 0 for constant data.
     std = jnp.sqrt(jnp.maximum(centred, 0) / (n - 1))
-  else:
+  else:  # with one element the 0/0 is NaN, as in PyTorch
     std = jnp.full((), jnp.nan, dt)
-  finite = lax.cond(finite_sums, lambda x: jnp.ones((), dt),
-                    lambda x: jnp.mean(jnp.isfinite(x).astype(dt)), flat)
-  return GradStats(mean, std, max_abs, norm, finite)
+  return GradStats(total / n, std, max_abs, jnp.sqrt(sum_sq), finite)
+
+
+def _empty_stats(dt) -> GradStats:
+  nan, zero = jnp.full((), jnp.nan, dt), jnp.zeros((), dt)
+  return GradStats(nan, nan, zero, zero, jnp.ones((), dt))
+
+
+def leaf_stats(g: Array) -> GradStats:
+  """:class:`GradStats` of one array, computed in at least float32 (see
+  :func:`gradient_stats`)."""
+  return _stats_of([upcast(jnp.asarray(g))])[0]
+
+
+def _stats_of(arrays: list[Array]) -> list[GradStats]:
+  """:class:`GradStats` of each array (already upcast), with one ``lax.cond`` for all."""
+  full = [g for g in arrays if g.size]
+  sums = [_sums(g) for g in full]
+  careful = []
+  if full:
+    ok = jnp.stack([_one_pass_ok(g, t, s) for g, (t, s, _m) in zip(full, sums)])
+
+    def one_pass(operands):
+      return [(_centred_sum(g, t, s), jnp.ones((), g.dtype))
+              for g, (t, s, _m) in zip(*operands)]
+
+    def recompute(operands):
+      return [_careful(g, t, s) for g, (t, s, _m) in zip(*operands)]
+
+    careful = lax.cond(jnp.all(ok), one_pass, recompute, (full, sums))
+  done = iter([_stats(g, t, s, m, c, f)
+               for g, (t, s, m), (c, f) in zip(full, sums, careful)])
+  return [next(done) if g.size else _empty_stats(g.dtype) for g in arrays]
 
 
 def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
@@ -87,7 +122,21 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
 
   Jit-safe: call it inside the jitted step and return its result (a pytree of
   scalars).  Paths are :func:`handgrad.nn.param_paths`'s (``"layers/0/W"``), in tree
-  flattening order.
+  flattening order.  Every statistic is computed in at least float32.
+
+  Cost: three reductions read each leaf, ``Σg``, ``Σg²`` and ``max |g|``, and the
+  statistics are arithmetic on them.  ``Σg²`` is written as ``optax.tree.norm`` writes
+  it, so in a training step that also takes the gradients' global norm (``make_train_
+  step`` does) XLA computes it once for both.  The variance is the one-pass
+  ``Σ(g - mean)² = Σg² - mean·Σg`` and the finite fraction is 1 when ``Σg²`` is finite;
+  one ``lax.cond`` for the whole tree recomputes, only when some leaf needs it, the
+  centred sum in two passes (a leaf whose mean is large against its spread, where the
+  one-pass sum loses its digits: ``std`` stays within about ``1e-5`` relative of the
+  two-pass value) and the finite fraction by counting (a leaf with a NaN or inf).
+  A NaN or inf element shows in ``mean``/``std``/``max_abs``/``norm`` as in PyTorch.
+  On XLA:CPU each reduction is its own pass over the leaf; the cost is measured in
+  ``bench/diagnostics.py`` (``make_train_step(monitor=True, monitor_every=k)`` pays
+  it on one step in k).
 
   Args:
     grads: a gradient pytree (e.g. from ``handgrad.grad``), any float dtypes.
@@ -95,66 +144,118 @@ def gradient_stats(grads: PyTree) -> dict[str, GradStats]:
   Returns:
     A dict from parameter path to its :class:`GradStats`.
   """
-  return {path: leaf_stats(g) for path, g in named_leaves(grads)}
+  named = named_leaves(grads)
+  stats = _stats_of([upcast(jnp.asarray(g)) for _, g in named])
+  return {path: st for (path, _), st in zip(named, stats)}
 
 
-def gradient_stats_every(grads: PyTree, step: Array, every: int) -> dict[str, GradStats]:
+def gradient_stats_every(grads: PyTree, step: Array, every: int, *,
+                         stats: Callable[[PyTree], Any] | None = None) -> Any:
   """:func:`gradient_stats` on steps ``step % every == 0``, NaN statistics otherwise.
 
-  For a jitted training step that monitors one step in ``every``: the choice is made
-  on the device with ``lax.cond``, so the statistics cost nothing on the other steps
-  and the step compiles once.  Call it in the step in place of ``gradient_stats``::
+  The choice is made on the device with ``lax.cond``: the step compiles once and
+  returns the same pytree on every step.  It measured slower than choosing between two
+  compiled steps on the host (:class:`EveryKSteps`, what ``make_train_step(...,
+  monitor_every=k)`` does; ``bench/diagnostics.py``), so use it only where the step
+  number is traced, e.g. inside a ``lax.scan`` over steps::
 
-    metrics["grad_stats"] = gradient_stats_every(grads, state.step, every)
+    metrics["grad_stats"] = gradient_stats_every(grads, state.step + 1, every)
 
   and log only the monitored steps (``GradientMonitor.log`` when
   ``step % every == 0``).
 
   Args:
     grads: the gradient pytree.
-    step: the step counter, an integer scalar (traced inside ``jit``).
+    step: the step number, an integer scalar (traced inside ``jit``).
     every: monitor one step in ``every`` (``every=1``: every step, no ``cond``).
+    stats: the statistics ``grads -> pytree`` (default :func:`gradient_stats`).
   """
-  if every < 1:
-    raise ValueError(f"gradient_stats_every needs every >= 1, got {every}")
+  if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+    raise ValueError(f"gradient_stats_every needs every >= 1, got {every!r}")
+  fn = gradient_stats if stats is None else stats
   if every == 1:
-    return gradient_stats(grads)
-  shapes = jax.eval_shape(gradient_stats, grads)
+    return fn(grads)
+  shapes = jax.eval_shape(fn, grads)
 
   def skipped(_):
     return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
-  return lax.cond(jnp.asarray(step) % every == 0, gradient_stats, skipped, grads)
+  return lax.cond(jnp.asarray(step) % every == 0, fn, skipped, grads)
 
 
 class EveryKSteps:
-  """Runs ``monitored`` on one call in ``every`` and ``plain`` on the others.
+  """Runs ``monitored`` on the steps whose number is a multiple of ``every``, ``plain``
+  on the others: the host chooses between two compiled steps.
 
-  The host-side choice between two compiled steps: the statistics cost nothing on
-  the ``every - 1`` unmonitored steps, and the plain step keeps its own compiled
-  program (measured against ``gradient_stats_every``'s in-step ``lax.cond`` in
-  ``bench/diagnostics.py``: this measures better on XLA:CPU).  Both steps must take
-  and return the same state; ``monitored`` returns the statistics in its metrics.
+  Steps are numbered from 1, as ``handgrad.train.fit`` and ``handgrad train --monitor
+  N`` number them: with ``every=10`` steps 10, 20, ... are monitored.  The statistics
+  then cost nothing on the ``every - 1`` other steps, which run the plain step's own
+  program (measured against :func:`gradient_stats_every`'s in-step ``lax.cond`` in
+  ``bench/diagnostics.py``: this measures better on XLA:CPU).  Both steps take and
+  return the same state; ``monitored`` returns the statistics with its metrics.
+
+  The step number comes from one of two places:
+
+  * ``steps_done=None``: a host-side count of calls, ``start`` steps already done (the
+    first call is step ``start + 1``);
+  * ``steps_done=lambda state: state.step``: the state's own count of steps done.  The
+    steps must return ``(state, ...)``.  The count is read from the device (one sync)
+    only when the state passed in is not the one the previous call returned, e.g.
+    the first call, a resumed or a replaced state; otherwise it is the previous
+    call's number plus one, known on the host, and nothing waits for the device.
+    When the count is traced (the steps called under an outer ``jax.jit`` or
+    ``lax.scan``) no host choice is possible: ``traced(state, *args)`` runs instead
+    (e.g. a step using :func:`gradient_stats_every`); without it that is an error.
 
   Args:
     plain, monitored: the two steps (``jax.jit``-ed), ``step(state, *args)``.
-    every: monitor one call in ``every``; the first call (``start=0``) is monitored.
-    start: the index of the next call (to resume a run).
+    every: monitor the steps whose number is a multiple of ``every`` (>= 1).
+    start: with ``steps_done=None``, the number of steps already done.
+    steps_done: ``state -> number of steps done`` (an integer scalar), or ``None``.
+    traced: the step to run when ``steps_done(state)`` is traced.
 
   ``last_monitored`` says whether the latest call ran ``monitored``.
   """
 
-  def __init__(self, plain: Callable, monitored: Callable, every: int, start: int = 0):
-    if every < 1:
-      raise ValueError(f"EveryKSteps needs every >= 1, got {every}")
-    self.plain, self.monitored, self.every = plain, monitored, every
+  def __init__(self, plain: Callable, monitored: Callable, every: int, start: int = 0, *,
+               steps_done: Callable[[Any], Any] | None = None,
+               traced: Callable | None = None):
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+      raise ValueError(f"EveryKSteps needs every >= 1, got {every!r}")
+    self.plain, self.monitored, self.every = plain, monitored, int(every)
+    self.steps_done, self.traced = steps_done, traced
     self.count = int(start)
     self.last_monitored = False
+    self._returned: Any = None  # steps_done(state) of the state the last call returned
+
+  def _number(self, state) -> int | None:
+    """The number of the step about to run; ``None`` when it is traced."""
+    if self.steps_done is None:
+      return self.count + 1
+    done = self.steps_done(state)
+    if self._returned is not None and done is self._returned:
+      return self.count + 1
+    if isinstance(done, jax.core.Tracer):
+      return None
+    if isinstance(done, jax.Array) and not done.is_fully_addressable:
+      done = done.addressable_data(0)  # the same on every process
+    return int(np.asarray(done)) + 1
 
   def __call__(self, state, *args):
-    self.last_monitored = self.count % self.every == 0
-    self.count += 1
-    return (self.monitored if self.last_monitored else self.plain)(state, *args)
+    number = self._number(state)
+    if number is None:
+      if self.traced is None:
+        raise ValueError("EveryKSteps: the state's step count is traced (called under "
+                         "jax.jit or lax.scan), so the host cannot choose the step; pass "
+                         "traced=... or call it outside jit")
+      self.last_monitored = False
+      return self.traced(state, *args)
+    self.last_monitored = number % self.every == 0
+    out = (self.monitored if self.last_monitored else self.plain)(state, *args)
+    self.count = number
+    if self.steps_done is not None:
+      self._returned = self.steps_done(out[0])
+    return out
 
 
 # --- history -------------------------------------------------------------------------

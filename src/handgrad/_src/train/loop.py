@@ -411,14 +411,23 @@ def _resume(ckpt: Checkpointer, template: TrainState, out: pathlib.Path, config,
 
 # --- per-step bookkeeping: metrics to the host, non-finite steps ---------------------
 
+# The key of a step's gradient statistics in _StepLog.pending (the scalar metrics are
+# kept under their names there; "grad_stats" is a dict, never one of them).
+_GRAD_STATS = "grad_stats"
+
+
 class _StepLog:
   """Fetches the steps' scalar metrics a few steps late, several at a time (the device
   keeps working), and keeps the epoch's per-step values, the skipped steps and the
   non-finite streak."""
 
   def __init__(self, max_nonfinite: int, notify, values: dict[str, list[float]],
-               last_scale: float | None, stop_at_first: bool = False, explain=None):
+               last_scale: float | None, stop_at_first: bool = False, explain=None,
+               monitor=None):
     self.max_nonfinite = max_nonfinite
+    # A GradientMonitor: each step's "grad_stats" (present on the monitored steps) is
+    # fetched with the other metrics, a few steps late, and logged at its step number.
+    self.monitor = monitor
     self.stop_at_first = stop_at_first
     # explain(step, epoch, batch, stopping) -> (one-line culprit, record) or None: the
     # debug_nans re-run of a non-finite step (called before the run stops on it).
@@ -433,6 +442,8 @@ class _StepLog:
 
   def add(self, step: int, epoch: int, batch: int, metrics: Metrics) -> None:
     scalars = {n: v for n, v in metrics.items() if not isinstance(v, Mapping)}
+    if self.monitor is not None and isinstance(metrics.get(_GRAD_STATS), Mapping):
+      scalars[_GRAD_STATS] = metrics[_GRAD_STATS]
     self.pending.append((step, epoch, batch, scalars))
     if len(self.pending) > FETCH_EVERY:
       # All but the newest step (still running): one transfer for many steps.
@@ -451,6 +462,9 @@ class _StepLog:
       self._process(step, epoch, batch, host)
 
   def _process(self, step: int, epoch: int, batch: int, host: dict) -> None:
+    if _GRAD_STATS in host:
+      host = dict(host)
+      self.monitor.log(host.pop(_GRAD_STATS), step=step)
     for name, v in host.items():
       self.values.setdefault(name, []).append(float(v))
     loss = float(host.get("loss", 0.0))
@@ -588,7 +602,8 @@ class _Run:
     self.log = _StepLog(fit_args["max_nonfinite"], notify, position.epoch_values,
                         None if scale is None else float(jax.device_get(scale.scale)),
                         stop_at_first=fit_args["on_nonfinite"] == "stop",
-                        explain=self.explain_nonfinite if fit_args["debug_nans"] else None)
+                        explain=self.explain_nonfinite if fit_args["debug_nans"] else None,
+                        monitor=fit_args["monitor"])
     self.nonfinite: list[Record] = []
     self.before_step = None  # debug_nans: (step, batch, key, loss scale) of the last step
     self.losses: list[Any] = []
@@ -780,6 +795,7 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
         plot_title: str = "",
         on_step: Callable[[int, Metrics], None] | None = None,
         on_epoch: Callable[[Record], None] | None = None,
+        monitor: Any = None,
         log: Callable[[str], None] | None = None,
         handle_signals: bool = True, mesh: Any = None) -> FitResult:
   """Trains ``state`` for ``epochs`` epochs of ``train_ds``.
@@ -842,6 +858,11 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
       the device); an exception raised there stops the run (tests use it to simulate
       a crash).
     on_epoch: called with each epoch's record.
+    monitor: a ``handgrad.inspect.GradientMonitor``: the ``"grad_stats"`` of every
+      step that returns them (``make_train_step(..., monitor=True, monitor_every=k)``:
+      the steps numbered k, 2k, ...) are logged to it at their step number.  They are
+      fetched with the other metrics, a few steps late, so monitoring adds no wait for
+      the device; ``monitor.history`` is complete when ``fit`` returns.
     log: where notices go, one string each (default: the ``logging.getLogger(
       "handgrad")`` logger; warnings for skipped steps and damaged checkpoints).
     handle_signals: stop cleanly on SIGTERM and a first Ctrl-C (main thread only).
@@ -888,7 +909,8 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
                   debug_nans=bool(debug_nans), config=config, progress=progress,
                   progress_every=progress_every, plot=plot, plot_interval=plot_interval,
                   plot_title=plot_title, on_step=on_step, on_epoch=on_epoch,
-                  handle_signals=handle_signals, steps_per_epoch=steps_per_epoch)
+                  monitor=monitor, handle_signals=handle_signals,
+                  steps_per_epoch=steps_per_epoch)
 
   out = ckpt = lock = None  # out: the directory this process writes files to
   position = _Position(state, [], 0, 0, {})

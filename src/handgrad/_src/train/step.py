@@ -31,7 +31,7 @@ from handgrad._src import api
 from handgrad._src.data.batching import batches as _batches
 # The training code sits above the inspection tools: it may import them, never the
 # other way round (tests/_src/test_layering.py).
-from handgrad._src.inspect.monitor import gradient_stats
+from handgrad._src.inspect.monitor import EveryKSteps, gradient_stats, gradient_stats_every
 from handgrad._src.inspect.nonfinite import find_nonfinite
 from handgrad._src.rules.layers import softmax_cross_entropy
 from handgrad._src.train import mixed_precision
@@ -184,15 +184,15 @@ def _keep_frozen(frozen: FrozenSpec, old: Params, new: Params) -> Params:
   return jax.tree.map(lambda m, n, o: o if m else n, mask, new, old)
 
 
-def _step_metrics(loss, aux, grads, applied, scale_state, monitor) -> Metrics:
+def _step_metrics(loss, aux, grads, applied, scale_state, stats) -> Metrics:
   metrics = {"loss": loss, **aux}
   if scale_state is not None:
     metrics["loss_scale"] = scale_state.scale
   metrics["skipped"] = jnp.logical_not(applied)
   metrics["grad_norm"] = global_norm(grads)
   metrics = {name: jnp.asarray(v, jnp.float32) for name, v in metrics.items()}
-  if monitor:
-    metrics["grad_stats"] = monitor(grads)
+  if stats is not None:
+    metrics["grad_stats"] = stats
   return metrics
 
 
@@ -205,6 +205,11 @@ def _monitor_fn(monitor) -> Callable | None:
     return monitor
   raise TypeError(f"monitor must be a bool or a function grads -> statistics, got "
                   f"{type(monitor).__name__}")
+
+
+# How a step computes the monitor's statistics: never, on every call, or (the step
+# number traced, so no host choice) under a lax.cond on the step number.
+_NO_STATS, _STATS, _STATS_COND = "none", "always", "cond"
 
 
 def _nonfinite_finder(full_loss: Callable, frozen: FrozenSpec, k: int,
@@ -250,7 +255,8 @@ def _nonfinite_finder(full_loss: Callable, frozen: FrozenSpec, k: int,
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     backend: str = "hand", accumulate: int = 1, frozen: FrozenSpec = None,
                     loss_scale: mixed_precision.DynamicLossScale | None = None,
-                    monitor: bool | Callable = False, has_aux: bool = True,
+                    monitor: bool | Callable = False, monitor_every: int = 1,
+                    has_aux: bool = True,
                     donate: bool = True, jit: bool = True, mesh: Any = None,
                     sharding: str = "data") -> TrainStep:
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted and donating ``state``.
@@ -297,6 +303,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       max |g|, norm, finite fraction; ``handgrad.inspect.gradient_stats``) as
       ``metrics["grad_stats"]``, computed on the device inside the step; a function
       ``grads -> pytree`` computes those statistics instead.
+    monitor_every: compute the statistics only on the steps whose number (counted
+      from 1: the state's ``step`` after the update) is a multiple of this; the others
+      return no ``"grad_stats"``.  With ``monitor_every > 1`` the returned step holds
+      two compiled programs, the plain step and the monitored one, and chooses on the
+      host: an unmonitored step runs exactly the program of ``monitor=False``, every
+      step gives the parameters of ``monitor=False`` bit for bit, and the statistics
+      cost one step in ``monitor_every`` (``bench/diagnostics.py``).  The
+      state's step count is read from the device only when the state passed in is
+      not the one the previous call returned (the first call, a resumed state).  When
+      that count is traced (``jit=False`` and the step called under an outer
+      ``jax.jit``/``lax.scan``), one program chooses with ``lax.cond`` instead and
+      returns ``"grad_stats"`` on every step, NaN on the unmonitored ones.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     donate: donate the input state's buffers to the output (``donate_argnums=0``); the
       state passed in must not be used afterwards.
@@ -311,7 +329,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   Returns:
     ``train_step(state, batch) -> (new_state, metrics)`` with ``metrics`` a dict of
     float32 ``[]``: ``"loss"``, every aux metric, ``"skipped"`` (1 for a skipped step)
-    and ``"grad_norm"``, the global norm of the (accumulated) gradient before clipping.
+    and ``"grad_norm"``, the global norm of the (accumulated) gradient before clipping;
+    with ``monitor``, ``"grad_stats"`` on the monitored steps.  With ``monitor_every >
+    1`` the step is an ``EveryKSteps`` whose ``plain`` and ``monitored`` attributes are
+    the two jitted steps (for ``.lower(...)``); ``last_monitored`` says whether the
+    latest call computed the statistics.
     The step has a ``find_nonfinite(state, batch) -> (NonFiniteReport, micro_batch)``
     attribute: the same step (``state`` the state it started from, the same key and
     loss scale) re-run with ``handgrad.inspect.find_nonfinite``, which ``fit(debug_nans=
@@ -325,9 +347,19 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                      f"{', '.join(BACKENDS)}")
   k = _check_positive_int("accumulate", accumulate)
   stats_fn = _monitor_fn(monitor)
+  every = _check_positive_int("monitor_every", monitor_every)
+  if stats_fn is None and every != 1:
+    raise ValueError(f"monitor_every={every} needs monitor=True (or a statistics "
+                     f"function)")
   loss_and_grads = _gradient_fn(_scaled_loss(loss_fn, has_aux), backend, frozen, k)
 
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def step_with(stats_mode: str) -> Callable:
+    """The step (not jitted) computing the statistics as ``stats_mode`` says."""
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+      return _train_step(state, batch, stats_mode)
+    return train_step
+
+  def _train_step(state: TrainState, batch: Batch, stats_mode: str):
     rng, sub = jax.random.split(jax.random.wrap_key_data(state.key))
     if loss_scale is None:
       (loss, aux), grads = loss_and_grads(state.params, batch, sub, None)
@@ -342,16 +374,35 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     params, opt_state, scale_state, applied = _apply_update(optimizer, loss_scale, state,
                                                             loss, grads)
     params = _keep_frozen(frozen, state.params, params)
-    metrics = _step_metrics(loss, aux, grads, applied, scale_state, stats_fn)
+    stats = None
+    if stats_mode == _STATS:
+      stats = stats_fn(grads)
+    elif stats_mode == _STATS_COND:
+      stats = gradient_stats_every(grads, state.step + 1, every, stats=stats_fn)
+    metrics = _step_metrics(loss, aux, grads, applied, scale_state, stats)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                            key=jax.random.key_data(rng), loss_scale=scale_state)
     return new_state, metrics
 
-  if mesh is not None:
-    from handgrad._src.train import mesh as mesh_lib
-    step = mesh_lib.on_mesh(train_step, mesh, sharding, donate=donate)
+  def compiled(stats_mode: str) -> Callable:
+    train_step = step_with(stats_mode)
+    if mesh is not None:
+      from handgrad._src.train import mesh as mesh_lib
+      return mesh_lib.on_mesh(train_step, mesh, sharding, donate=donate)
+    return jax.jit(train_step, donate_argnums=(0,) if donate else ()) if jit else train_step
+
+  if stats_fn is None or every == 1:
+    step = compiled(_NO_STATS if stats_fn is None else _STATS)
   else:
-    step = jax.jit(train_step, donate_argnums=(0,) if donate else ()) if jit else train_step
+    # The host chooses between the plain and the monitored program (measured better
+    # than a lax.cond inside one program); a traced step count falls back to the cond.
+    plain = compiled(_NO_STATS)
+    step = EveryKSteps(plain, compiled(_STATS), every,
+                       steps_done=lambda state: state.step,
+                       traced=step_with(_STATS_COND))
+    for name in ("mesh", "sharding", "place"):
+      if hasattr(plain, name):
+        setattr(step, name, getattr(plain, name))
   step.find_nonfinite = _nonfinite_finder(_scaled_loss(loss_fn, has_aux), frozen, k,
                                           loss_scale)
   num_outputs = getattr(loss_fn, "num_outputs", None)
