@@ -33,6 +33,10 @@ bench: setup
 	$(BIN)/python bench/engine.py --xla-cpu-scheduler memory
 	$(BIN)/python bench/remat.py
 	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/eager.py
+	$(BIN)/python bench/diagnostics.py
+	$(BIN)/python bench/nonfinite.py
+	$(BIN)/python bench/scale.py
 
 # On a machine with an accelerator (jax with its plugin already installed, no network):
 # the suite and the benchmarks, bounded in time, figures in device-named sections.

@@ -5,7 +5,8 @@ gradient.  The hand engine sees every cotangent, so these tools compute their nu
 as part of the (jitted) step:
 
 * :func:`gradient_stats`, :class:`GradientMonitor`, :func:`check_health`,
-  :func:`plot_gradient_flow`: per-parameter statistics, history and health rules;
+  :func:`plot_gradient_flow`: per-parameter statistics, history and health rules
+  (:class:`EveryKSteps`, :func:`gradient_stats_every`: on one step in k);
 * :func:`trace_backward`: the norm of the blame arriving at and leaving each layer,
   from output to input (:class:`BackwardTrace`);
 * :func:`find_zero_gradients`, :func:`dead_relu_report`: missing versus zero
@@ -35,8 +36,10 @@ from handgrad._src.inspect.health import check_health
 from handgrad._src.inspect.health import classify
 from handgrad._src.inspect.intermediates import intermediate_grads
 from handgrad._src.inspect.intermediates import per_example_grad_norms
+from handgrad._src.inspect.monitor import EveryKSteps
 from handgrad._src.inspect.monitor import GradientMonitor
 from handgrad._src.inspect.monitor import gradient_stats
+from handgrad._src.inspect.monitor import gradient_stats_every
 from handgrad._src.inspect.nonfinite import ArrayStats
 from handgrad._src.inspect.nonfinite import NonFiniteReport
 from handgrad._src.inspect.nonfinite import find_nonfinite
@@ -58,12 +61,13 @@ from handgrad._src.inspect.residuals import saved_residuals
 from handgrad._src.inspect.spectrum import top_hessian_eigenvalues
 
 __all__ = [
-    "ArrayStats", "BackwardTrace", "ComputationGraph", "DeadReLU", "GradRank", "GradStats",
+    "ArrayStats", "BackwardTrace", "ComputationGraph", "DeadReLU", "EveryKSteps", "GradRank",
+    "GradStats",
     "GradientMonitor", "NonFiniteReport", "Residual", "SafeOptimizerState", "Spectrum",
     "Status", "ZeroGradReport", "bar_colours", "check_health", "classify",
     "clip_grad_norm", "clip_grad_value", "dead_relu_report", "explain_exploding",
     "find_nonfinite", "find_zero_gradients", "format_zero_gradients", "gradient_norms",
-    "gradient_stats", "intermediate_grads", "make_graph", "per_example_grad_norms",
-    "plot_gradient_flow", "print_saved_residuals", "rank_gradients", "safe_optimizer",
+    "gradient_stats", "gradient_stats_every", "intermediate_grads", "make_graph",
+    "per_example_grad_norms", "plot_gradient_flow", "print_saved_residuals", "rank_gradients", "safe_optimizer",
     "saved_residuals", "top_hessian_eigenvalues", "total_norm", "trace_backward",
 ]
