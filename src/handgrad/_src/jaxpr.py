@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -780,3 +780,33 @@ def names_in_regions(jaxpr: Any, kinds: Sequence[str]) -> dict[str, str]:
 
   walk(jaxpr, None)
   return found
+
+
+# --- top-level dataflow: the computation-graph picture -----------------------------------
+# What ``handgrad.inspect.make_graph`` draws: a jaxpr's top-level equations (nested
+# jaxprs not entered), each with what it reads and writes, and their positions.
+
+class TopLevelEquation(NamedTuple):
+  """One top-level equation of a jaxpr, as a computation-graph picture reads it."""
+  index: int  # its position among the jaxpr's equations
+  eqn: Any
+  scope: str  # its named-scope path, "layers/0" ("" outside every jax.named_scope)
+  name: str  # display_name(eqn): "dense", a jit's function name, a primitive
+  is_layer_op: bool
+  reads: tuple[tuple[int, Any], ...]  # (input position, variable); literals left out
+  writes: tuple[Any, ...]  # its output variables
+
+
+def top_level_equations(jaxpr: Any) -> list[TopLevelEquation]:
+  """The top-level equations of ``jaxpr`` in order, as :class:`TopLevelEquation`."""
+  return [TopLevelEquation(i, eqn, "/".join(scope_names(eqn)), display_name(eqn),
+                           layer_op(eqn) is not None,
+                           tuple((k, v) for k, v in enumerate(eqn.invars) if not is_literal(v)),
+                           tuple(eqn.outvars))
+          for i, eqn in enumerate(unwrap(jaxpr).eqns)]
+
+
+def equation_positions(jaxpr: Any) -> dict[int, int]:
+  """``{id(eqn): position}`` of ``jaxpr``'s top-level equations: which equation of the
+  jaxpr an observer of the engine (``engine.observe``) is shown."""
+  return {id(eqn): i for i, eqn in enumerate(unwrap(jaxpr).eqns)}
