@@ -810,3 +810,11 @@ def equation_positions(jaxpr: Any) -> dict[int, int]:
   """``{id(eqn): position}`` of ``jaxpr``'s top-level equations: which equation of the
   jaxpr an observer of the engine (``engine.observe``) is shown."""
   return {id(eqn): i for i, eqn in enumerate(unwrap(jaxpr).eqns)}
+
+
+# --- literal inputs of an equation (inspection reports) ----------------------------------
+
+def literal_inputs(eqn) -> list[tuple[int, Any]]:
+  """``(input position, value)`` of each of ``eqn``'s inputs that is a literal, its
+  value an array of the literal's dtype (``max(x, 0.0)`` gives ``[(1, array(0.))]``)."""
+  return [(k, literal_value(v)) for k, v in enumerate(eqn.invars) if is_literal(v)]
