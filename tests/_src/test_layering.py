@@ -1,6 +1,6 @@
 """The layering of handgrad._src: the inspection tools sit below the training code (train
-may import inspect, inspect never imports train), and the library modules import each
-other, never the public ``handgrad`` package."""
+may import inspect, inspect never imports train), the library modules import each
+other, never the public ``handgrad`` package, and jaxprs are walked in jaxpr.py alone."""
 
 import ast
 import importlib
