@@ -223,11 +223,11 @@ CHECKED = {n: checked(getattr(hg.ops, n)) for n in _NAMES}
 
 def test_checked_ops_trace_under_jit_vmap_and_hand_grad():
   p, x, y = _setup()
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   expected = jax.grad(lambda p: _loss(PLAIN, p, x, y))(p)
-  got = hg.grad(lambda p: _loss(CHECKED, p, x, y))(p)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, expected)
+  jax.tree.map(close, hg.grad(lambda p: _loss(CHECKED, p, x, y))(p), expected)
   jitted = jax.jit(hg.grad(lambda p, x, y: _loss(CHECKED, p, x, y)))(p, x, y)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), jitted, expected)
+  jax.tree.map(close, jitted, expected)
   # Per-example losses: under vmap each call sees one example (x: [3], labels: []).
   per_example = jax.vmap(lambda xi, yi: _loss(CHECKED, p, xi, yi))(x, y)
   np.testing.assert_allclose(
