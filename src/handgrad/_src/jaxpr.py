@@ -448,11 +448,12 @@ def _release() -> tuple[int, int]:
   return int(major), int(minor)
 
 
-#: jax ≥ 0.12 reads only the lower triangle of ``cholesky``'s operand in its JVP (the
-#: tangent is rebuilt as ``tril(Σ̇) + tril(Σ̇, −1)ᴴ``, imaginary diagonal dropped); jax
-#: 0.10 and 0.11 use the whole tangent.  The hand rule transposes whichever its
-#: release's ``jax.grad`` differentiates.
-CHOLESKY_READS_LOWER_TRIANGLE = _release() >= (0, 12)
+#: jax 0.11.2 and 0.12 read only the lower triangle of ``cholesky``'s operand in its JVP
+#: (the tangent is rebuilt as ``tril(Σ̇) + tril(Σ̇, −1)ᴴ``, imaginary diagonal dropped);
+#: jax 0.10 uses the whole tangent.  The hand rule transposes whichever its release's
+#: ``jax.grad`` differentiates.
+CHOLESKY_READS_LOWER_TRIANGLE = tuple(
+    int(p) for p in jax.__version__.split(".")[:3] if p.isdigit()) >= (0, 11, 2)
 
 
 # With ``jax_custom_vjp3`` / ``jax_custom_jvp3`` / ``jax_remat3`` set (False by default
