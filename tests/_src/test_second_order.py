@@ -1,11 +1,11 @@
-"""Hessians, HVPs (forward-over-hand-reverse and hand reverse-over-reverse), Lanczos,
-and the saved-residuals report."""
+"""Hessians and HVPs (forward-over-hand-reverse and hand reverse-over-reverse) against
+jax.hessian.  (The Lanczos spectrum and the saved-residuals report are tested in
+tests/inspect/, beside their modules.)"""
 
 import chex
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import handgrad as hg
@@ -61,29 +61,3 @@ def test_hvp_matches_hessian_contraction(hvp):
   H = jax.hessian(lambda f: loss(unravel(f)))(flat_p)
   chex.assert_trees_all_close(jax.flatten_util.ravel_pytree(hvp(loss, params, v))[0], H @ flat_v,
                               rtol=1e-7, atol=1e-9)
-
-
-def test_top_hessian_eigenvalues_match_dense_eigendecomposition():
-  params, (x, y) = _mixed_params(), _mixed_batch()
-  loss = lambda p: _mixed_loss(p, x, y)
-  flat_p, unravel = jax.flatten_util.ravel_pytree(params)
-  exact = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat_p)))[::-1]
-  spectrum = hg.top_hessian_eigenvalues(loss, params, k=3, iterations=flat_p.size)
-  np.testing.assert_allclose(spectrum.eigenvalues, exact[:3], rtol=1e-6, atol=1e-9)
-
-
-def test_saved_residuals_plain_versus_checkpoint():
-  w = jnp.ones((4, 3)) * 0.1
-  x = jnp.ones((5, 4))
-  block = lambda w: jnp.sin(jnp.tanh(x @ w) @ w.T)
-  plain = hg.saved_residuals(lambda w, x: jnp.sum(block(w)), w, x)
-  remat = hg.saved_residuals(lambda w, x: jnp.sum(jax.checkpoint(block)(w)), w, x)
-  assert any("tanh" in r.source for r in plain)
-  assert not any(r.source.startswith("output") for r in remat)
-  assert sum(r.nbytes for r in remat) < sum(r.nbytes for r in plain)
-
-
-def test_print_saved_residuals(capsys):
-  hg.print_saved_residuals(lambda w: jnp.sum(jnp.exp(w) ** 2), jnp.ones(3))
-  out = capsys.readouterr().out
-  assert "output of exp" in out and "total" in out

@@ -181,8 +181,9 @@ def test_cli_graph_command(tmp_path, capsys):
   assert main(args + ["--out", str(tmp_path / "s"), "--format", "svg",
                       "--renderer", "graphviz-pure"]) == 0
   assert "<svg" in (tmp_path / "s.svg").read_text()
-  assert main(["graph", "--layers", "784,x"]) == 2
+  assert main(["graph", "--layers", "784,x", "--out", str(tmp_path / "bad")]) == 2
   assert "--layers" in capsys.readouterr().err
+  assert not list(tmp_path.glob("bad*"))
   with pytest.raises(SystemExit) as exit_info:
     main(["graph", "--format", "pdf"])
   assert exit_info.value.code == 2

@@ -104,14 +104,29 @@ def test_a_rerun_is_refused_and_destroys_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert _snapshot(tmp_path) == before
-  assert "holds a previous run" in main_err(capsys, args) and "--overwrite" in main_err(
-      capsys, args)
+  # The command line names its flags, not fit's keyword arguments.
+  err = main_err(capsys, args)
+  assert err.startswith(f"handgrad train: error: {tmp_path}: holds a previous run ("), err
+  assert err.endswith("); pass --resume to continue it or --overwrite to replace it\n"), err
+  assert "=True" not in err and err.count("\n") == 1
   # a refused --resume leaves config.json as it was
   assert main(args + ["--resume", "--lr", "0.01"]) == 2
   assert _snapshot(tmp_path) == before
   capsys.readouterr()
   assert main(args + ["--overwrite", "--seed", "4"]) == 0
   assert json.loads((tmp_path / "config.json").read_text())["seed"] == 4
+
+
+def test_fit_refuses_a_rerun_naming_its_keyword_arguments(tmp_path):
+  fh.run(tmp_path, 1)
+  before = _snapshot(tmp_path)
+  with pytest.raises(train.RunExistsError) as info:
+    fh.run(tmp_path, 1)
+  message = str(info.value)
+  assert message.endswith("pass resume=True to continue it or overwrite=True to replace it")
+  assert "--" not in message and "\n" not in message
+  assert info.value.out == tmp_path and info.value.previous
+  assert _snapshot(tmp_path) == before
 
 
 def main_err(capsys, argv):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -448,11 +448,12 @@ def _release() -> tuple[int, int]:
   return int(major), int(minor)
 
 
-#: jax ≥ 0.12 reads only the lower triangle of ``cholesky``'s operand in its JVP (the
-#: tangent is rebuilt as ``tril(Σ̇) + tril(Σ̇, −1)ᴴ``, imaginary diagonal dropped); jax
-#: 0.10 and 0.11 use the whole tangent.  The hand rule transposes whichever its
-#: release's ``jax.grad`` differentiates.
-CHOLESKY_READS_LOWER_TRIANGLE = _release() >= (0, 12)
+#: jax 0.11.2 and 0.12 read only the lower triangle of ``cholesky``'s operand in its JVP
+#: (the tangent is rebuilt as ``tril(Σ̇) + tril(Σ̇, −1)ᴴ``, imaginary diagonal dropped);
+#: jax 0.10 uses the whole tangent.  The hand rule transposes whichever its release's
+#: ``jax.grad`` differentiates.
+CHOLESKY_READS_LOWER_TRIANGLE = tuple(
+    int(p) for p in jax.__version__.split(".")[:3] if p.isdigit()) >= (0, 11, 2)
 
 
 # With ``jax_custom_vjp3`` / ``jax_custom_jvp3`` / ``jax_remat3`` set (False by default
@@ -794,3 +795,41 @@ def raw_literal_outputs(jaxpr: Any, outs: Sequence[Any]) -> list:
   jaxpr as literals, and JAX hands ``bwd`` the literal's value unchanged.
   """
   return [v.val if is_literal(v) else o for v, o in zip(unwrap(jaxpr).outvars, outs)]
+
+
+# --- top-level dataflow: the computation-graph picture -----------------------------------
+# What ``handgrad.inspect.make_graph`` draws: a jaxpr's top-level equations (nested
+# jaxprs not entered), each with what it reads and writes, and their positions.
+
+class TopLevelEquation(NamedTuple):
+  """One top-level equation of a jaxpr, as a computation-graph picture reads it."""
+  index: int  # its position among the jaxpr's equations
+  eqn: Any
+  scope: str  # its named-scope path, "layers/0" ("" outside every jax.named_scope)
+  name: str  # display_name(eqn): "dense", a jit's function name, a primitive
+  is_layer_op: bool
+  reads: tuple[tuple[int, Any], ...]  # (input position, variable); literals left out
+  writes: tuple[Any, ...]  # its output variables
+
+
+def top_level_equations(jaxpr: Any) -> list[TopLevelEquation]:
+  """The top-level equations of ``jaxpr`` in order, as :class:`TopLevelEquation`."""
+  return [TopLevelEquation(i, eqn, "/".join(scope_names(eqn)), display_name(eqn),
+                           layer_op(eqn) is not None,
+                           tuple((k, v) for k, v in enumerate(eqn.invars) if not is_literal(v)),
+                           tuple(eqn.outvars))
+          for i, eqn in enumerate(unwrap(jaxpr).eqns)]
+
+
+def equation_positions(jaxpr: Any) -> dict[int, int]:
+  """``{id(eqn): position}`` of ``jaxpr``'s top-level equations: which equation of the
+  jaxpr an observer of the engine (``engine.observe``) is shown."""
+  return {id(eqn): i for i, eqn in enumerate(unwrap(jaxpr).eqns)}
+
+
+# --- literal inputs of an equation (inspection reports) ----------------------------------
+
+def literal_inputs(eqn) -> list[tuple[int, Any]]:
+  """``(input position, value)`` of each of ``eqn``'s inputs that is a literal, its
+  value an array of the literal's dtype (``max(x, 0.0)`` gives ``[(1, array(0.))]``)."""
+  return [(k, literal_value(v)) for k, v in enumerate(eqn.invars) if is_literal(v)]

@@ -11,6 +11,7 @@ arguments passed to the rule as ``**params``.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -66,6 +67,13 @@ def layer_op(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                         f"got {static!r}") from e
       return jitted(key)(*arrays)
 
+    # The signature with impl's annotations evaluated in impl's own module (its shapes,
+    # ``Float[Array, "*batch in"]``): a tool that resolves string annotations in the
+    # wrapper's module instead (``jaxtyping.jaxtyped``) would otherwise see none.
+    try:
+      op.__signature__ = inspect.signature(impl, eval_str=True)  # type: ignore[attr-defined]
+    except (NameError, TypeError, SyntaxError):
+      pass  # annotations that name what only a type checker imports stay strings
     op.op_name = name  # type: ignore[attr-defined]
     op.impl = impl  # type: ignore[attr-defined]
     return op

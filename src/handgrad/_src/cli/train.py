@@ -477,15 +477,18 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
   data_desc = (f"{train_ds.name} ({len(train_ds)} train / {len(test_ds)} test digits)")
   # fit validates everything, locks --out, refuses a previous run unless --resume or
   # --overwrite, and writes config.json once the run is accepted.
-  result = loop.fit(
-      step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
-      eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
-      out_dir=out, resume=args.resume, overwrite=args.overwrite,
-      checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
-      on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config,
-      progress=not args.no_progress and _primary(), monitor=monitor,
-      plot_title=f"handgrad train: {model.description}, backend {args.backend}",
-      mesh=mesh)
+  try:
+    result = loop.fit(
+        step, state, train_ds, epochs=epochs, batch_size=args.batch_size, data_key=data_key,
+        eval_step=eval_step, eval_ds=test_ds, num_classes=train_ds.num_classes,
+        out_dir=out, resume=args.resume, overwrite=args.overwrite,
+        checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite,
+        on_nonfinite=args.on_nonfinite, debug_nans=args.debug_nans, config=config,
+        progress=not args.no_progress and _primary(), monitor=monitor,
+        plot_title=f"handgrad train: {model.description}, backend {args.backend}",
+        mesh=mesh)
+  except loop.RunExistsError as e:  # the refusal in the command line's own words
+    raise CommandError(e.message("--resume", "--overwrite")) from None
   if not _primary():
     return 0
   monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""

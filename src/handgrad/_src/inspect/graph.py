@@ -141,15 +141,6 @@ def _shape_str(aval) -> str:
   return f"{aval.dtype.name.replace('float', 'f').replace('int', 'i')}[{','.join(map(str, aval.shape))}]"
 
 
-def _scope(eqn) -> str:
-  """The eqn's named-scope path ("layers/0"), without transforms such as jvp(...)."""
-  return "/".join(hj.scope_names(eqn))
-
-
-def _op_name(eqn) -> str:
-  return hj.display_name(eqn)
-
-
 def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool = True,
                arg_names: Sequence[str] | None = None) -> ComputationGraph:
   """The layer-level computation graph of ``fun(*args)``.
@@ -184,26 +175,26 @@ def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool 
   group_of_eqn: list[str] = []
   scoped_ids: set[str] = set()
   current_key, current_id = None, None
-  for i, eqn in enumerate(jaxpr.eqns):
-    scope = _scope(eqn)
-    is_layer = hj.layer_op(eqn) is not None
+  steps = hj.top_level_equations(jaxpr)
+  for step in steps:
+    i, scope = step.index, step.scope
     if collapse and scope:
       key = ("scope", scope)
-    elif is_layer or not collapse:
+    elif step.is_layer_op or not collapse:
       key = ("eqn", i)
     else:
       key = ("prim", i)
     if key != current_key or not collapse:
       current_key, current_id = key, f"op{i}"
       scoped = collapse and bool(scope)
-      label = scope if scoped else (f"{scope}\n" if scope else "") + _op_name(eqn)
+      label = scope if scoped else (f"{scope}\n" if scope else "") + step.name
       nodes.append(Node(current_id, label, "op"))
       if scoped:
         scoped_ids.add(current_id)
     group_of_eqn.append(current_id)
     node = nodes[-1]
-    node.members.append(_op_name(eqn))
-    for v in eqn.outvars:
+    node.members.append(step.name)
+    for v in step.writes:
       producer[v] = current_id
   # Label a collapsed scope by the layer ops it holds, e.g. "layers/0\ndense, relu".
   for node in nodes:
@@ -220,9 +211,10 @@ def make_graph(fun: Callable, *args: Any, backward: bool = True, collapse: bool 
   edges: list[Edge] = []
   edge_index: dict = {}  # (src id, dst id, Var) -> edge index
   uses: dict[int, list[tuple[int, int]]] = {}  # edge index -> [(eqn index, input index)]
-  for i, (eqn, gid) in enumerate(zip(jaxpr.eqns, group_of_eqn)):
-    for k, v in enumerate(eqn.invars):
-      if hj.is_literal(v) or v not in producer or producer[v] == gid:
+  for step, gid in zip(steps, group_of_eqn):
+    i = step.index
+    for k, v in step.reads:
+      if v not in producer or producer[v] == gid:
         continue
       key = (producer[v], gid, v)
       if key not in edge_index:
@@ -266,7 +258,7 @@ def _cotangent_contributions(fun: Callable, args: tuple) -> dict:
   traced = api.Traced(fun, args, False)
   if len(traced.out_flat) != 1 or np.shape(traced.out_flat[0]) != ():
     raise TypeError("make_graph(backward=True) needs a scalar-output function")
-  eqn_index = {id(e): i for i, e in enumerate(traced.frame.jaxpr.eqns)}
+  eqn_index = hj.equation_positions(traced.frame.jaxpr)
   contributions: dict[tuple[int, int], Any] = {}
 
   def on_eqn(eqn, layer_name, cts_out, cts_in):

@@ -253,9 +253,8 @@ def _trace_run(fun, args, argnums, has_aux, meta: _Meta, target, with_grads=Fals
   fwd_flags = jnp.stack([_all_finite(vals[n]) for n in meta.value_ids])
   for p, leaf in graph.leaves.items():
     meta.in_avals[p] = [v.aval for v in leaf.eqn.invars]
-    bad = [k for k, v in enumerate(leaf.eqn.invars) if jaxpr_util.is_literal(v)
-           and np.issubdtype(np.asarray(v.val).dtype, np.inexact)
-           and not np.all(np.isfinite(v.val))]
+    bad = [k for k, value in jaxpr_util.literal_inputs(leaf.eqn)
+           if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value))]
     if bad:
       meta.literal_bad[p] = bad
 

@@ -84,11 +84,11 @@ def relu_operand(eqn) -> int | None:
   if eqn.primitive.name == "custom_jvp_call":
     return 0 if hj.custom_call_wraps(eqn, "relu") else None
   if eqn.primitive.name == "max":
-    for i, v in enumerate(eqn.invars):
-      other = eqn.invars[1 - i]
-      if (hj.is_literal(v) and not hj.is_literal(other)
-          and np.ndim(v.val) == 0 and v.val == 0):
-        return 1 - i
+    literals = hj.literal_inputs(eqn)
+    if len(literals) == 1:  # max(x, 0) or max(0, x), x not a literal
+      (k, value), = literals
+      if np.ndim(value) == 0 and value == 0:
+        return 1 - k
   return None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from handgrad._src.rules import cnn_layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import (Array, Layer, Params, check_key, check_shape, get_param,
@@ -39,9 +40,10 @@ def _batch_norm_init(features: int, *, key: Array, dtype: DType = jnp.float32) -
   return {"gamma": jnp.ones((int(features),), dtype), "beta": jnp.zeros((int(features),), dtype)}
 
 
-def _batch_norm_apply(params: Params, x: Array, *, state: Params, train: bool,
-                      momentum: float = 0.9, eps: float = 1e-5,
-                      path: str = "batch_norm") -> tuple[Array, Params]:
+def _batch_norm_apply(params: Params, x: Float[Array, "batch *rest features"], *,
+                      state: Params, train: bool, momentum: float = 0.9, eps: float = 1e-5,
+                      path: str = "batch_norm"
+                      ) -> tuple[Float[Array, "batch *rest features"], Params]:
   """x: [N, …, F] -> (y [N, …, F], new state).
 
   ``train=True`` normalises with the batch's mean and (biased) variance and moves the

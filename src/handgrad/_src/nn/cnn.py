@@ -15,6 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from handgrad._src.nn.base import Array, Layer, Params, check_key, get_param, join_path, layer_scope
 from handgrad._src.nn.conv import conv2d, flatten, max_pool
@@ -45,8 +46,9 @@ def _cnn_init(*, key: Array, channels: Sequence[int] = (16, 32), kernel_size: in
           "head": dense.init(h * w * c, num_classes, key=keys[-1], init=init, dtype=dtype)}
 
 
-def _cnn_apply(params: Params, x: Array, *, image_shape: Sequence[int] = MNIST_IMAGE,
-               path: str = "") -> Array:
+def _cnn_apply(params: Params, x: Float[Array, "batch *image"], *,
+               image_shape: Sequence[int] = MNIST_IMAGE, path: str = ""
+               ) -> Float[Array, "batch classes"]:
   """x: [N, H·W·C] flat images (MNIST's [N, 784]) or [N, H, W, C] -> logits [N, classes]."""
   with layer_scope(path):
     if np.ndim(x) == 2:

@@ -14,6 +14,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from handgrad._src.rules import cnn_layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import (Array, Layer, Params, check_key, check_shape,
@@ -88,8 +89,9 @@ def _conv2d_init(in_channels: int, out_channels: int, kernel_size: int | Sequenc
   return {"W": W, "b": jnp.zeros((int(out_channels),), dtype)}
 
 
-def _conv2d_apply(params: Params, x: Array, *, strides: int | Sequence[int] = 1,
-                  padding: Padding = "SAME", path: str = "conv2d") -> Array:
+def _conv2d_apply(params: Params, x: Float[Array, "batch height width in"], *,
+                  strides: int | Sequence[int] = 1, padding: Padding = "SAME",
+                  path: str = "conv2d") -> Float[Array, "batch out_height out_width out"]:
   """x ⋆ W + b.   x: [N, H, W, C], W: [kh, kw, C, O], b: [O] -> [N, H', W', O]."""
   where = path or "<root>"
   with layer_scope(path):
@@ -109,8 +111,9 @@ conv2d = Layer.named("conv2d", _conv2d_init, _conv2d_apply)
 
 # --- pooling and flatten -------------------------------------------------------------
 
-def max_pool(x: Array, window: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None,
-             padding: Padding = "VALID") -> Array:
+def max_pool(x: Float[Array, "batch height width channels"], window: int | Sequence[int] = 2,
+             strides: int | Sequence[int] | None = None, padding: Padding = "VALID"
+             ) -> Float[Array, "batch out_height out_width channels"]:
   """Max over ``window`` [wh, ww] windows.   x: [N, H, W, C] -> [N, H', W', C].
 
   ``strides`` defaults to ``window``.  Backward: each window's blame goes to its
@@ -122,8 +125,9 @@ def max_pool(x: Array, window: int | Sequence[int] = 2, strides: int | Sequence[
   return ops.max_pool(x, window=window, strides=strides, padding=_padding(padding, "max_pool"))
 
 
-def avg_pool(x: Array, window: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None,
-             padding: Padding = "VALID") -> Array:
+def avg_pool(x: Float[Array, "batch height width channels"], window: int | Sequence[int] = 2,
+             strides: int | Sequence[int] | None = None, padding: Padding = "VALID"
+             ) -> Float[Array, "batch out_height out_width channels"]:
   """Mean over windows (padding counts as zeros).   x: [N, H, W, C] -> [N, H', W', C]."""
   _check_image(x, "avg_pool")
   window = _pair(window, "window", "avg_pool")
@@ -131,7 +135,7 @@ def avg_pool(x: Array, window: int | Sequence[int] = 2, strides: int | Sequence[
   return ops.avg_pool(x, window=window, strides=strides, padding=_padding(padding, "avg_pool"))
 
 
-def flatten(x: Array) -> Array:
+def flatten(x: Float[Array, "batch *rest"]) -> Float[Array, "batch flat"]:
   """[N, d1, …] -> [N, d1·…] (row-major)."""
   if np.ndim(x) < 1:
     raise ValueError("flatten: input needs a batch axis, got a scalar")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from handgrad._src.rules import layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import (Array, Layer, Params, check_features, check_key,
@@ -74,7 +75,8 @@ def _dense_init(in_dim: int, out_dim: int, *, key: Array, init: str | Initialize
   return {"W": W, "b": jnp.zeros((int(out_dim),), dtype)}
 
 
-def _dense_apply(params: Params, x: Array, *, path: str = "dense") -> Array:
+def _dense_apply(params: Params, x: Float[Array, "*batch in"], *, path: str = "dense"
+                 ) -> Float[Array, "*batch out"]:
   """``x·W + b``.   x: [B…, in], W: [in, out], b: [out] -> [B…, out]."""
   with layer_scope(path):
     W, b = get_param(params, path, "W"), get_param(params, path, "b")
@@ -92,22 +94,22 @@ dense = Layer.named("dense", _dense_init, _dense_apply)
 
 # --- activations ---------------------------------------------------------------------
 
-def relu(x: Array) -> Array:
+def relu(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """max(x, 0) elementwise, any shape and float dtype; relu'(0) = 0 like ``jax.nn.relu``."""
   return ops.relu(x)
 
 
-def sigmoid(x: Array) -> Array:
+def sigmoid(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """1 / (1 + e^(−x)) elementwise; its slope σ(1 − σ) is at most ¼."""
   return ops.sigmoid(x)
 
 
-def tanh(x: Array) -> Array:
+def tanh(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """tanh(x) elementwise; its slope 1 − tanh² is at most 1 and vanishes when saturated."""
   return ops.tanh(x)
 
 
-def gelu(x: Array, approximate: bool = True) -> Array:
+def gelu(x: Float[Array, "*shape"], approximate: bool = True) -> Float[Array, "*shape"]:
   """``jax.nn.gelu``: x·Φ(x), by default with the tanh approximation (as in GPT-2/BERT).
 
   Not a layer-level op: ``handgrad.grad`` differentiates it through the rules of its
@@ -116,7 +118,7 @@ def gelu(x: Array, approximate: bool = True) -> Array:
   return jax.nn.gelu(x, approximate=approximate)
 
 
-def softmax(x: Array, axis: int = -1) -> Array:
+def softmax(x: Float[Array, "*shape"], axis: int = -1) -> Float[Array, "*shape"]:
   """softmax along ``axis`` (max subtracted first, so exp never overflows)."""
   return ops.softmax(x, axis=axis)
 
@@ -139,8 +141,8 @@ def activation_fn(activation: str | Callable[[Array], Array]) -> Callable[[Array
 
 # --- dropout -------------------------------------------------------------------------
 
-def dropout(x: Array, rate: float, *, key: Array | None = None,
-            deterministic: bool = False) -> Array:
+def dropout(x: Float[Array, "*shape"], rate: float, *, key: Array | None = None,
+            deterministic: bool = False) -> Float[Array, "*shape"]:
   """Inverted dropout: zero each element with probability ``rate``, scale the rest.
 
   x: any shape and float dtype -> same shape and dtype.  Kept elements are multiplied
@@ -176,8 +178,9 @@ def _layer_norm_init(dim: int, *, key: Array, dtype: DType = jnp.float32) -> Par
   return {"gamma": jnp.ones((int(dim),), dtype), "beta": jnp.zeros((int(dim),), dtype)}
 
 
-def _layer_norm_apply(params: Params, x: Array, *, path: str = "layer_norm",
-                      eps: float = 1e-5) -> Array:
+def _layer_norm_apply(params: Params, x: Float[Array, "*batch features"], *,
+                      path: str = "layer_norm", eps: float = 1e-5
+                      ) -> Float[Array, "*batch features"]:
   """(x − μ)/√(σ² + ε)·γ + β over the last axis.   x: [B…, F], γ, β: [F] -> [B…, F]."""
   with layer_scope(path):
     gamma, beta = get_param(params, path, "gamma"), get_param(params, path, "beta")

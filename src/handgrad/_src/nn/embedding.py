@@ -11,6 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float, Int
 
 from handgrad._src.rules import cnn_layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import Array, Layer, Params, check_key, get_param, layer_scope
@@ -29,7 +30,8 @@ def _embedding_init(num_embeddings: int, features: int, *, key: Array,
   return {"table": table * jnp.asarray(1 / math.sqrt(int(features)), dtype)}
 
 
-def _embedding_apply(params: Params, ids: Array, *, path: str = "embedding") -> Array:
+def _embedding_apply(params: Params, ids: Int[Array, "*batch"], *, path: str = "embedding"
+                     ) -> Float[Array, "*batch features"]:
   """ids: int [B…] -> [B…, features].  Negative ids count from the end; ids outside
   [−V, V) give NaN rows.  Backward: each row's gradient sums the cotangents of the
   positions that looked it up."""

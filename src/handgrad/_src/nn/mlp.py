@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from handgrad._src.nn.base import (Array, Layer, Params, check_key, check_shape,
                                    get_param, join_path, layer_scope)
@@ -46,8 +47,8 @@ def _mlp_init(layer_dims: Sequence[int], *, key: Array, init: str | Initializer 
                      for i, o, k in zip(dims[:-1], dims[1:], keys)]}
 
 
-def _mlp_apply(params: Params, x: Array, *, activation: Activation = "relu",
-               path: str = "") -> Array:
+def _mlp_apply(params: Params, x: Float[Array, "*batch in"], *,
+               activation: Activation = "relu", path: str = "") -> Float[Array, "*batch out"]:
   """x: [B…, d_0] -> [B…, d_L].  ``act(dense)`` for every layer but the last, which is
   linear (logits).  Layer i runs under the scope ``layers/i``, its activation included.
   """
@@ -77,8 +78,9 @@ def _residual_block_init(dim: int, *, key: Array, init: str | Initializer = "he"
           "linear2": dense.init(dim, dim, key=k2, init=init, dtype=dtype)}
 
 
-def _residual_block_apply(params: Params, x: Array, *, activation: Activation = "relu",
-                          path: str = "residual_block") -> Array:
+def _residual_block_apply(params: Params, x: Float[Array, "*batch dim"], *,
+                          activation: Activation = "relu", path: str = "residual_block"
+                          ) -> Float[Array, "*batch dim"]:
   """``relu(linear2(relu(linear1(x))) + x)``.   x: [B…, dim] -> [B…, dim].
 
   The skip connection gives ∂y/∂x = act'·(∂F/∂x + 1): the "+1" carries blame past
@@ -125,8 +127,9 @@ def _residual_mlp_init(in_dim: int, hidden_dim: int, out_dim: int, num_blocks: i
   }
 
 
-def _residual_mlp_apply(params: Params, x: Array, *, activation: Activation = "relu",
-                        path: str = "") -> Array:
+def _residual_mlp_apply(params: Params, x: Float[Array, "*batch in"], *,
+                        activation: Activation = "relu", path: str = ""
+                        ) -> Float[Array, "*batch out"]:
   """dense in -> N residual blocks -> dense out.   x: [B…, in] -> [B…, out] (logits).
 
   With N blocks the network has 2N + 2 dense layers; compare it with an ``mlp`` of

@@ -15,6 +15,7 @@ import operator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from handgrad._src.rules import layers as ops  # the layer-level ops handgrad.ops re-exports
 from handgrad._src.nn.base import (Array, Layer, Params, check_key, check_shape,
@@ -52,8 +53,8 @@ def _mha_init(dim: int, num_heads: int, *, key: Array, init: str | Initializer =
           for name, k in zip("qkvo", ks)}
 
 
-def _mha_apply(params: Params, x: Array, *, num_heads: int, causal: bool = False,
-               path: str = "attn") -> Array:
+def _mha_apply(params: Params, x: Float[Array, "*batch tokens dim"], *, num_heads: int,
+               causal: bool = False, path: str = "attn") -> Float[Array, "*batch tokens dim"]:
   """Self-attention.   x: [B…, T, dim] -> [B…, T, dim].
 
   q, k, v = x·W_{q,k,v} + b, split into ``num_heads`` heads of size D in the
@@ -100,8 +101,8 @@ def _ffn_init(dim: int, hidden: int, *, key: Array, init: str | Initializer = "h
           "fc2": dense.init(hidden, dim, key=k2, init=init, dtype=dtype)}
 
 
-def _ffn_apply(params: Params, x: Array, *, activation: Activation = "gelu",
-               path: str = "ffn") -> Array:
+def _ffn_apply(params: Params, x: Float[Array, "*batch dim"], *,
+               activation: Activation = "gelu", path: str = "ffn") -> Float[Array, "*batch dim"]:
   """fc2(act(fc1(x))).   x: [B…, dim] -> [B…, dim]; ``activation`` "gelu" or "relu"."""
   act = activation_fn(activation)
   with layer_scope(path):
@@ -126,9 +127,9 @@ def _block_init(dim: int, num_heads: int, hidden: int | None = None, *, key: Arr
           "ffn": feed_forward.init(dim, hidden, key=k_ffn, dtype=dtype)}
 
 
-def _block_apply(params: Params, x: Array, *, num_heads: int, causal: bool = False,
-                 activation: Activation = "gelu", remat: bool = False,
-                 path: str = "block") -> Array:
+def _block_apply(params: Params, x: Float[Array, "*batch tokens dim"], *, num_heads: int,
+                 causal: bool = False, activation: Activation = "gelu", remat: bool = False,
+                 path: str = "block") -> Float[Array, "*batch tokens dim"]:
   """Pre-norm block:  x + attn(ln1(x)), then x + ffn(ln2(x)).   x: [B…, T, dim].
 
   ``remat=True`` wraps each residual branch in ``jax.checkpoint``, like the seed's
@@ -185,9 +186,9 @@ def _classifier_init(*, key: Array, in_features: int = 28, seq_len: int = 28,
   }
 
 
-def _classifier_apply(params: Params, x: Array, *, num_heads: int = 4,
+def _classifier_apply(params: Params, x: Float[Array, "..."], *, num_heads: int = 4,
                       causal: bool = False, activation: Activation = "gelu",
-                      remat: bool = False, path: str = "") -> Array:
+                      remat: bool = False, path: str = "") -> Float[Array, "... classes"]:
   """Logits for images read as sequences of rows.
 
   x: [B…, seq_len·in_features] (a flattened MNIST image, [B, 784]) or

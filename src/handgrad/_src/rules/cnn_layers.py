@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, Float, Int
 
 from handgrad._src.layer_ops import layer_op
 from handgrad._src.registry import defvjp
@@ -22,6 +23,8 @@ from handgrad._src.rules.conv import _input_grad_padding, _kernel_grad_padding
 from handgrad._src.rules.windows import _route_to_first_extremum, _window_sum_transpose
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+# "SAME", "VALID" or ((lo, hi), (lo, hi)): a static, hashable keyword argument.
+Padding = str | tuple[tuple[int, int], ...]
 
 
 def _pairs(padding, window, strides, spatial_shape):
@@ -34,7 +37,9 @@ def _pairs(padding, window, strides, spatial_shape):
 # --- conv2d --------------------------------------------------------------------------
 
 @layer_op("conv2d")
-def conv2d(x, W, b, *, strides=(1, 1), padding="SAME"):
+def conv2d(x: Float[Array, "batch height width in"], W: Float[Array, "kh kw in out"],
+           b: Float[Array, "out"], *, strides: tuple[int, int] = (1, 1), padding: Padding = "SAME"
+           ) -> Float[Array, "batch out_height out_width out"]:
   """z = x ⋆ W + b, a cross-correlation as in every deep-learning library.
 
   x: [N, H, W, C], W: [kh, kw, C, O], b: [O] -> z: [N, H', W', O] with
@@ -86,7 +91,9 @@ def _window(window, strides):
 
 
 @layer_op("max_pool")
-def max_pool(x, *, window=(2, 2), strides=None, padding="VALID"):
+def max_pool(x: Float[Array, "batch height width channels"], *, window: tuple[int, int] = (2, 2),
+             strides: tuple[int, int] | None = None, padding: Padding = "VALID"
+             ) -> Float[Array, "batch out_height out_width channels"]:
   """Max over each window.   x: [N, H, W, C] -> [N, H', W', C]; ``strides`` defaults
   to ``window`` (non-overlapping windows); padding never wins (it is −∞)."""
   win, st = _window(window, strides)
@@ -107,7 +114,9 @@ def _max_pool_vjp(g, y, x, *, window=(2, 2), strides=None, padding="VALID"):
 
 
 @layer_op("avg_pool")
-def avg_pool(x, *, window=(2, 2), strides=None, padding="VALID"):
+def avg_pool(x: Float[Array, "batch height width channels"], *, window: tuple[int, int] = (2, 2),
+             strides: tuple[int, int] | None = None, padding: Padding = "VALID"
+             ) -> Float[Array, "batch out_height out_width channels"]:
   """Mean over each window, padding counted as zeros (the window size is the divisor,
   like ``flax.linen.avg_pool``'s default).   x: [N, H, W, C] -> [N, H', W', C]."""
   win, st = _window(window, strides)
@@ -129,7 +138,7 @@ def _avg_pool_vjp(g, y, x, *, window=(2, 2), strides=None, padding="VALID"):
 # --- flatten -------------------------------------------------------------------------
 
 @layer_op("flatten")
-def flatten(x):
+def flatten(x: Float[Array, "batch *rest"]) -> Float[Array, "batch flat"]:
   """[N, d1, d2, …] -> [N, d1·d2·…] (row-major, the layout dense layers expect)."""
   return jnp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
 
@@ -147,7 +156,11 @@ def _stat_axes(x):
 
 
 @layer_op("batch_norm")
-def batch_norm(x, gamma, beta, mean, var, *, train=True, momentum=0.9, eps=1e-5):
+def batch_norm(x: Float[Array, "batch *rest features"], gamma: Float[Array, "features"],
+               beta: Float[Array, "features"], mean: Float[Array, "features"],
+               var: Float[Array, "features"], *, train: bool = True, momentum: float = 0.9,
+               eps: float = 1e-5) -> tuple[Float[Array, "batch *rest features"],
+                                           Float[Array, "features"], Float[Array, "features"]]:
   """Batch normalisation over every axis but the last (features).
 
   x: [N, …, F]; gamma, beta, mean, var: [F].  Returns ``(y, new_mean, new_var)``:
@@ -233,7 +246,8 @@ def _rows(ids, v):
 
 
 @layer_op("embedding")
-def embedding(table, ids):
+def embedding(table: Float[Array, "vocab features"], ids: Int[Array, "*batch"]
+              ) -> Float[Array, "*batch features"]:
   """Rows of ``table`` [V, D] at integer ``ids`` [B…] -> [B…, D].
 
   As ``jnp.take(table, ids, axis=0)`` (``flax.linen.Embed``): a negative id counts from

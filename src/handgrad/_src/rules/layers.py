@@ -6,7 +6,9 @@ instead of descending.  These are the seed's formulas, written once, next to the
 forward pass.
 
 Shapes: ``B`` batch (any number of leading dims), ``I``/``O`` in/out features, ``C``
-classes, ``T``/``S`` query/key positions, ``H`` heads, ``D`` head size.
+classes, ``T``/``S`` query/key positions, ``H`` heads, ``D`` head size.  The signatures
+say the same as jaxtyping annotations (``Float[Array, "*batch in"]``): documentation
+that a type checker or ``jaxtyping.jaxtyped`` can verify, never checked at run time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jaxtyping import Array, Float, Int
 
 from handgrad._src import jaxpr as hj
 from handgrad._src.layer_ops import layer_op
@@ -29,7 +32,8 @@ def _lead_axes(x):
 # --- dense ---------------------------------------------------------------------------
 
 @layer_op("dense")
-def dense(x, W, b):
+def dense(x: Float[Array, "*batch in"], W: Float[Array, "in out"],
+          b: Float[Array, "out"]) -> Float[Array, "*batch out"]:
   """z = x·W + b.   x: [B…, I], W: [I, O], b: [O] -> z: [B…, O]."""
   return jnp.matmul(x, W) + b
 
@@ -58,7 +62,7 @@ def _dense_vjp(dZ, z, x, W, b):
 # --- activations ---------------------------------------------------------------------
 
 @layer_op("relu")
-def relu(x):
+def relu(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """max(x, 0), elementwise.
 
   The forward is ``jax.nn.relu`` (a custom_jvp with relu'(0) = 0), so ``jax.grad``
@@ -76,7 +80,7 @@ def _relu_vjp(g, a, x):
 
 
 @layer_op("sigmoid")
-def sigmoid(x):
+def sigmoid(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """σ(x) = 1 / (1 + e^(−x)), elementwise."""
   return jax.nn.sigmoid(x)
 
@@ -88,7 +92,7 @@ def _sigmoid_vjp(g, s, x):
 
 
 @layer_op("tanh")
-def tanh(x):
+def tanh(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """tanh(x), elementwise.
 
   Its rule is the ``tanh`` primitive's (``rules/transcendental.py``): the layer op and
@@ -103,7 +107,7 @@ def tanh(x):
 # --- softmax family ------------------------------------------------------------------
 
 @layer_op("softmax")
-def softmax(x, *, axis=-1):
+def softmax(x: Float[Array, "*shape"], *, axis: int = -1) -> Float[Array, "*shape"]:
   """softmax along ``axis``; the max is subtracted first so exp never overflows.
 
   The max starts from -inf (as ``jax.nn.softmax``'s does), so a zero-size ``axis``
@@ -120,7 +124,7 @@ def _softmax_vjp(g, s, x, *, axis=-1):
 
 
 @layer_op("log_softmax")
-def log_softmax(x, *, axis=-1):
+def log_softmax(x: Float[Array, "*shape"], *, axis: int = -1) -> Float[Array, "*shape"]:
   """log softmax along ``axis``: x − max − log Σ exp(x − max) (max from -inf, as in
   ``jax.nn.log_softmax``: a zero-size ``axis`` gives an empty result)."""
   shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf))
@@ -143,7 +147,8 @@ def _cross_entropy_and_log_probs(logits, labels):
   return jnp.mean(jnp.where(valid, -picked, jnp.nan)), log_probs
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits: Float[Array, "*batch classes"],
+                          labels: Int[Array, "*batch"]) -> Float[Array, ""]:
   """Mean cross-entropy of integer labels.   logits: [B…, C], labels: [B…] int -> [].
 
   A label outside ``[0, C)`` makes the loss NaN (never a silently wrong number).
@@ -196,7 +201,7 @@ def _softmax_cross_entropy_vjp(g, outs, logits, labels):
 # --- regression loss -----------------------------------------------------------------
 
 @layer_op("mse")
-def mse(pred, target):
+def mse(pred: Float[Array, "*shape"], target: Float[Array, "*shape"]) -> Float[Array, ""]:
   """Mean squared error: mean((pred − target)²) -> []."""
   return jnp.mean(jnp.square(pred - target))
 
@@ -211,7 +216,9 @@ def _mse_vjp(g, loss, pred, target):
 # --- layer norm ----------------------------------------------------------------------
 
 @layer_op("layer_norm")
-def layer_norm(x, gamma, beta, *, eps=1e-5):
+def layer_norm(x: Float[Array, "*batch features"], gamma: Float[Array, "features"],
+               beta: Float[Array, "features"], *, eps: float = 1e-5
+               ) -> Float[Array, "*batch features"]:
   """Normalise the last axis:  y = (x − μ)/√(σ² + ε)·γ + β.   x: [B…, F], γ, β: [F]."""
   mu = jnp.mean(x, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
@@ -257,7 +264,10 @@ def _attention_with_weights(q, k, v, *, causal=False):
   return jnp.einsum("...hts,...shd->...thd", p, v), p
 
 
-def attention(q, k, v, *, causal=False):
+def attention(q: Float[Array, "*batch q_len heads head_dim"],
+              k: Float[Array, "*batch kv_len heads head_dim"],
+              v: Float[Array, "*batch kv_len heads head_dim"], *, causal: bool = False
+              ) -> Float[Array, "*batch q_len heads head_dim"]:
   """Scaled dot-product multi-head attention.
 
   q: [B…, T, H, D], k, v: [B…, S, H, D] -> [B…, T, H, D] (the layout of

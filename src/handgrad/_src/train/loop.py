@@ -98,7 +98,23 @@ class NonFiniteError(RuntimeError):
 
 class RunExistsError(FileExistsError):
   """The output directory holds a previous run and neither resume nor overwrite was
-  asked for."""
+  asked for.
+
+  Attributes:
+    out: the directory.
+    previous: what it holds (``"checkpoints at steps [4, 8]"``, ...).
+  """
+
+  def __init__(self, out, previous: Sequence[str]):
+    self.out, self.previous = out, tuple(previous)
+    super().__init__(self.message("resume=True", "overwrite=True"))
+
+  def message(self, resume: str, overwrite: str) -> str:
+    """The one-line refusal, naming the two ways on: ``resume``/``overwrite`` as the
+    caller spells them (keyword arguments of ``fit``, ``--resume``/``--overwrite`` of
+    the command line)."""
+    return (f"{self.out}: holds a previous run ({'; '.join(self.previous)}); pass "
+            f"{resume} to continue it or {overwrite} to replace it")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -339,9 +355,7 @@ def _open_run_dir(out_dir, *, resume: bool, overwrite: bool, notify) -> tuple[
   try:
     previous = previous_run(out)
     if previous and not resume and not overwrite:
-      raise RunExistsError(f"{out}: holds a previous run ({'; '.join(previous)}); pass "
-                           f"resume=True (--resume) to continue it or overwrite=True "
-                           f"(--overwrite) to replace it")
+      raise RunExistsError(out, previous)
   except BaseException:
     lock.release()
     raise
