@@ -780,3 +780,18 @@ def names_in_regions(jaxpr: Any, kinds: Sequence[str]) -> dict[str, str]:
 
   walk(jaxpr, None)
   return found
+
+
+# --- hand rules for new-style primitives (call_hi_primitive) ------------------------------
+# jax ≥ 0.12 writes jnp.ldexp and jnp.frexp as ``call_hi_primitive`` equations whose
+# ``_prim`` is an ``Ldexp`` / ``Frexp`` object; their hand rules dispatch on that kind.
+
+def hi_primitive_kind(prim: Any) -> str:
+  """The kind of a ``call_hi_primitive``'s ``_prim`` object: its class name (``Ldexp``)."""
+  return type(prim).__name__
+
+
+def has_hi_ldexp() -> bool:
+  """Whether this release's jnp.ldexp and jnp.frexp are ``call_hi_primitive``s (jax 0.12)."""
+  from jax._src.numpy import ufuncs
+  return hasattr(ufuncs, "Ldexp") and hasattr(ufuncs, "Frexp")

@@ -32,6 +32,10 @@ REGRESSIONS = {
     # enable_eigvec_derivs, so a second derivative raised
     "linalg:eig/(4, 4)/float64/TrueFalse",
     "linalg:eig/(4, 4)/complex128/TrueFalse",
+    # jax 0.12: jnp.ldexp and jnp.frexp are call_hi_primitive equations without a rule
+    "numpy:ldexp/-2/float64",
+    "numpy:frexp/3/float64",
+    "numpy:frexp/0/float32",
 }
 
 # Differences from jax.grad that are deliberate (the hand rule gives the derivative,
