@@ -6,6 +6,7 @@ The cases are rebuilt from the gradient tests of JAX's ``tests/lax_autodiff_test
 a function of its differentiable arguments; it is run through
 
 * order 1: ``handgrad.vjp`` vs ``jax.vjp`` with a random cotangent;
+* order 3 (reduce_window and tile, as in JAX): hand reverse three times;
 * order 2 (where JAX checks order >= 2): hand reverse over hand reverse
   (``handgrad.vjp`` of the hand VJP) vs ``jax.vjp`` of JAX's VJP, and forward over hand
   reverse (``jax.jvp`` of the hand VJP) vs ``jax.jvp`` of JAX's VJP;
@@ -437,7 +438,7 @@ def lax_cases():
         iv = np.asarray(init, dt)
         cases.append(Case("lax", nm, lambda x, iv=iv, op=op, d=dims, s=strides, p=padding,
                           b=bd, w=wd: lax.reduce_window(x, iv, op, d, s, p, b, w),
-                          (rand(_rng(nm), shape, dt, kind),), 2))
+                          (rand(_rng(nm), shape, dt, kind),), 3))
   # reduce_window max with ties (max pooling of a constant image)
   for dt in FLOAT:
     cases.append(Case("lax", f"reduce_window_max/ties/{_dn(dt)}", lambda x: lax.reduce_window(
@@ -585,7 +586,7 @@ def lax_cases():
         tile = lambda x, r=reps: lax.tile(x, r)
       else:
         tile = lambda x, r=reps: jnp.tile(x, r)
-      cases.append(Case("lax", nm, tile, (rand(_rng(nm), shape, dt),), 2))
+      cases.append(Case("lax", nm, tile, (rand(_rng(nm), shape, dt),), 3))
   cases.append(Case("lax", "reduce_precision", lambda x: lax.reduce_precision(x, 5, 10),
                     (rand(_rng("rp"), (4,), F32),), 2))
   cases.append(Case("lax", "argmax_take", lambda x: x[jnp.argmax(x)] * jnp.argmin(x),
@@ -1234,6 +1235,13 @@ def run_case(c: Case, second=True):
   results.append(("fwd/rev", *_stage(
       lambda: jax.jit(lambda *a: jax.jvp(vh, a, tan)[1])(*args),
       lambda: jax.jit(lambda *a: jax.jvp(vj, a, tan)[1])(*args), tol * 10)))
+  if c.order >= 3 and all(r[1] == "pass" for r in results):
+    ct3 = _random_like(r, args)
+    vh2 = lambda *a: hg.vjp(vh, *a)[1](ct2)
+    vj2 = lambda *a: jax.vjp(vj, *a)[1](ct2)
+    results.append(("rev^3", *_stage(
+        lambda: jax.jit(lambda *a: hg.vjp(vh2, *a)[1](ct3))(*args),
+        lambda: jax.jit(lambda *a: jax.vjp(vj2, *a)[1](ct3))(*args), tol * 100)))
   return results
 
 
@@ -1243,6 +1251,7 @@ def main(argv=None):
   p.add_argument("--table", action="append")
   p.add_argument("-k", default=None)
   p.add_argument("--sample", type=int, default=0, help="run every N-th case")
+  p.add_argument("--offset", type=int, default=0, help="with --sample: start at this case")
   p.add_argument("--first", action="store_true", help="first order only")
   p.add_argument("-v", action="store_true")
   a = p.parse_args(argv)
@@ -1250,7 +1259,7 @@ def main(argv=None):
   if a.k:
     cases = [c for c in cases if a.k in c.id]
   if a.sample:
-    cases = cases[::a.sample]
+    cases = cases[a.offset::a.sample]
   counts = collections.defaultdict(collections.Counter)
   bad = []
   for c in cases:
