@@ -160,7 +160,7 @@ def lax_cases():
       ("integer_pow-2", lambda x: lax.integer_pow(x, -2), 1, 2, "not_small", INEXACT),
       ("sign", lax.sign, 1, 2, "not_small", INEXACT),
       ("rem", lax.rem, 2, 2, "not_small", FLOAT),
-      ("nextafter_free", lambda x: lax.stop_gradient(x) * x, 1, 2, "default", FLOAT),
+      ("stop_gradient_mul", lambda x: lax.stop_gradient(x) * x, 1, 2, "default", FLOAT),
   ]
   for name, op, nargs, order, kind, dtypes in ops:
     for group in compat:
