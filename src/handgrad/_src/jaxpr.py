@@ -833,3 +833,18 @@ def literal_inputs(eqn) -> list[tuple[int, Any]]:
   """``(input position, value)`` of each of ``eqn``'s inputs that is a literal, its
   value an array of the literal's dtype (``max(x, 0.0)`` gives ``[(1, array(0.))]``)."""
   return [(k, literal_value(v)) for k, v in enumerate(eqn.invars) if is_literal(v)]
+
+
+# --- hand rules for new-style primitives (call_hi_primitive) ------------------------------
+# jax ≥ 0.12 writes jnp.ldexp and jnp.frexp as ``call_hi_primitive`` equations whose
+# ``_prim`` is an ``Ldexp`` / ``Frexp`` object; their hand rules dispatch on that kind.
+
+def hi_primitive_kind(prim: Any) -> str:
+  """The kind of a ``call_hi_primitive``'s ``_prim`` object: its class name (``Ldexp``)."""
+  return type(prim).__name__
+
+
+def has_hi_ldexp() -> bool:
+  """Whether this release's jnp.ldexp and jnp.frexp are ``call_hi_primitive``s (jax 0.12)."""
+  from jax._src.numpy import ufuncs
+  return hasattr(ufuncs, "Ldexp") and hasattr(ufuncs, "Frexp")

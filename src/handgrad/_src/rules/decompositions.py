@@ -367,7 +367,10 @@ def _eig_vjp(g, ans, x, *, compute_left_eigenvectors, compute_right_eigenvectors
   if compute_right_eigenvectors:
     vr, gvr = ans[-1], g[-1]
   else:
+    # The recomputation keeps enable_eigvec_derivs, as JAX's JVP does: a second
+    # derivative through vr is then as allowed (or refused) as JAX makes it.
     _, vr = lax.linalg.eig(x, compute_left_eigenvectors=False, compute_right_eigenvectors=True,
+                           enable_eigvec_derivs=enable_eigvec_derivs,
                            implementation=implementation)
     gvr = None
   if not vectors:

@@ -1,4 +1,4 @@
-"""Linear solves: ``triangular_solve`` and ``custom_linear_solve``.
+"""Linear solves: ``triangular_solve``, ``tridiagonal_solve`` and ``custom_linear_solve``.
 
 ``custom_linear_solve`` is what ``jnp.linalg.solve``, ``inv``, ``slogdet``, ``det``,
 ``expm`` and ``jax.scipy.sparse.linalg.cg`` lower to: a solve whose derivative is
@@ -9,6 +9,7 @@ function), never by differentiating the solver itself.
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 from jax.extend.core import primitives
 
 from handgrad._src.registry import defvjp
@@ -81,3 +82,33 @@ def _custom_linear_solve_vjp(g, ans, *args, const_lengths, jaxprs, **params):
     ct_mv = [None if ct is None else -ct for ct in cts]
   return (*ct_mv, *([None] * (n_vm + n_s + n_ts)), *ct_b)
 
+
+
+# X = A⁻¹ B, A tridiagonal: A[i, i−1] = dl[i], A[i, i] = d[i], A[i, i+1] = du[i]
+# (dl[0] and du[m−1] lie outside A and are never read):
+#   dB = A⁻ᵀ g, a tridiagonal solve with Aᵀ's diagonals: dlᵀ[i] = du[i−1], duᵀ[i] = dl[i+1]
+#   dA = −dB Xᵀ on A's three diagonals only:
+#     dd[i] = −Σ_k dB[i,k] X[i,k],  ddl[i] = −Σ_k dB[i,k] X[i−1,k] (i ≥ 1, ddl[0] = 0),
+#     ddu[i] = −Σ_k dB[i,k] X[i+1,k] (i ≤ m−2, ddu[m−1] = 0)
+# Complex operands pair cotangents without conjugation (JAX's convention: its transpose
+# rule solves with the plain transpose).  perturb_singular is passed on to the solve of
+# Aᵀ, as JAX's JVP and transpose rules do.
+@defvjp("tridiagonal_solve")
+def _tridiagonal_solve_vjp(g, ans, dl, d, du, b, **params):
+  perturb = {k: params.pop(k) for k in ("perturb_singular",) if k in params}
+  no_other_params("tridiagonal_solve", params)
+  m = d.shape[-1]
+  last = d.ndim - 1
+  zero = lax.full(d.shape[:-1] + (1,), 0, d.dtype)
+  dl_t = lax.concatenate([zero, lax.slice_in_dim(du, 0, m - 1, axis=last)], last)
+  du_t = lax.concatenate([lax.slice_in_dim(dl, 1, m, axis=last), zero], last)
+  db = lax.linalg.tridiagonal_solve(dl_t, d, du_t, g, **perturb)
+  rows = b.ndim - 2
+  dd = -jnp.sum(db * ans, axis=-1)
+  up = lax.slice_in_dim(ans, 1, m, axis=rows)       # X[i+1] for i = 0 … m−2
+  down = lax.slice_in_dim(ans, 0, m - 1, axis=rows)  # X[i−1] for i = 1 … m−1
+  ddu = -jnp.sum(lax.slice_in_dim(db, 0, m - 1, axis=rows) * up, axis=-1)
+  ddl = -jnp.sum(lax.slice_in_dim(db, 1, m, axis=rows) * down, axis=-1)
+  ddu = lax.concatenate([ddu, zero], last)
+  ddl = lax.concatenate([zero, ddl], last)
+  return ddl, dd, ddu, db

@@ -325,5 +325,22 @@ def table() -> list[RuleSpec]:
         label=f"eigenvectors, left={left} right={right}",
         note="enable_eigvec_derivs=True: LAPACK's normalisation (unit norm, real "
              "largest entry) is differentiated, as by JAX"))
+  # --- tridiagonal_solve ------------------------------------------------------------------
+  tri_shapes = (((3,), (3,), (3,), (3, 2)), ((1,), (1,), (1,), (1, 1)),
+                ((2, 4), (2, 4), (2, 4), (2, 4, 3)))
+  specs += [
+      S("tridiagonal_solve", lax.linalg.tridiagonal_solve, tri_shapes,
+        (normal(), _dominant_diagonal, normal(), normal()),
+        note="dl[0] and du[m-1] lie outside the matrix: their cotangent is zero"),
+      S("tridiagonal_solve",
+        functools.partial(lax.linalg.tridiagonal_solve, perturb_singular=True),
+        tri_shapes[:1], (normal(), _dominant_diagonal, normal(), normal()),
+        label="perturb_singular", note="a regular matrix: the perturbation never applies"),
+  ]
   return specs
+
+
+def _dominant_diagonal(rng, shape, dt):
+  """A tridiagonal system's diagonal of size 3 to 4 (off-diagonals are standard normal)."""
+  return (3.0 + rng.uniform(0.0, 1.0, shape)).astype(dt)
 
