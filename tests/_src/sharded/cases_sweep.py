@@ -10,8 +10,11 @@ function is tied to its spec's own shapes is recorded as skipped with the reason
 as passed.
 
 ``python cases_sweep.py --quick`` runs the core families on each spec's highest-rank
-shape case (the committed test); without ``--quick`` every shape case; ``--all`` every
-spec, printing a per-rule summary too; rule names on the command line select rules.
+shape case; without ``--quick`` every shape case; ``--all`` every spec, printing a
+per-rule and per-mesh-kind summary too; rule names on the command line select rules;
+``--part=i/k`` runs part ``i`` of ``k`` of every rule (the committed test runs
+``--quick --part=i/k`` for each ``i``); ``--progress`` prints each configuration as it
+finishes.
 """
 
 from __future__ import annotations
@@ -157,7 +160,38 @@ def _extra_specs() -> list:
         (((2, 1),),), label="sharded: size-1 axis grows"),
       S("expand_dims", lambda x: lax.expand_dims(lax.sin(x), (1,)),
         (((2, 3),),), label="sharded"),
+      # The table's sharding casts name one device or a one-device mesh; on the
+      # mesh they go to a replicated or a dimension-0 sharding of the current mesh.
+      S("sharding_constraint", lambda x: lax.with_sharding_constraint(
+          lax.sin(x), _on_mesh(x, False)), (((2, 3),), ((2, 1, 3),)), label="sharded: replicated"),
+      S("sharding_constraint", lambda x: lax.with_sharding_constraint(
+          lax.sin(x), _on_mesh(x, True)), (((2, 3),), ((2, 1, 3),)), label="sharded: dim 0"),
+      S("reshard", lambda x: jax.sharding.reshard(lax.sin(x), _on_mesh(x, False)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: replicated"),
+      S("reshard", lambda x: jax.sharding.reshard(lax.sin(x), _on_mesh(x, True)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: dim 0"),
+      S("device_put", lambda x: jax.device_put(lax.sin(x), _on_mesh(x, False)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: replicated"),
+      S("device_put", lambda x: jax.device_put(lax.sin(x), _on_mesh(x, True)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: dim 0"),
   ]
+
+
+def _on_mesh(x, dim0: bool):
+  """A sharding of the current mesh: replicated, or dimension 0 along ``x``."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return NamedSharding(mesh, P("x") if dim0 else P())
+
+
+def rule_names() -> list[str]:
+  """The rules the sweep differentiates: those with a float32 spec that has a gradient."""
+  return sorted({s.name for s in specs.all_specs() + _extra_specs()
+                 if "float32" in s.dtypes and not s.no_gradient})
+
+
+def part(i: int, k: int) -> list[str]:
+  """Part ``i`` of ``k`` of :func:`rule_names` (round-robin, so the parts are alike)."""
+  return rule_names()[i::k]
 
 
 def sweep(names=None, quick=False) -> dict:
@@ -182,15 +216,28 @@ def sweep(names=None, quick=False) -> dict:
             status, detail = "fail", f"harness: {type(e).__name__}: {str(e)[:200]}"
           if status != "none":
             results[key] = [status, detail]
+            if "--progress" in sys.argv:
+              print(status.upper(), key, detail, file=sys.stderr, flush=True)
   return results
 
 
 if __name__ == "__main__":
   everything = "--all" in sys.argv
   only = [a for a in sys.argv[1:] if not a.startswith("--")]
+  parts = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--part=")]
+  if parts:  # --part=i/k: part i of k of every rule, with the names it covers
+    i, k = map(int, parts[0].split("/"))
+    names = part(i, k)
+    print(json.dumps({"names": names,
+                      "results": sweep(set(names), quick="--quick" in sys.argv)}))
+    sys.exit(0)
   res = sweep(set(only) if only else None if everything else set(CORE),
               quick="--quick" in sys.argv)
   if everything:
+    for kind in ("Explicit", "Auto"):
+      rows = [v[0] for key, v in res.items() if key.endswith(" " + kind)]
+      print(kind, {s: rows.count(s) for s in ("pass", "fail", "skip", "jax-wrong")},
+            file=sys.stderr)
     by_rule: dict = {}
     for key, (status, detail) in res.items():
       by_rule.setdefault(key.split(" ")[0], []).append((status, key, detail))
