@@ -848,3 +848,18 @@ def has_hi_ldexp() -> bool:
   """Whether this release's jnp.ldexp and jnp.frexp are ``call_hi_primitive``s (jax 0.12)."""
   from jax._src.numpy import ufuncs
   return hasattr(ufuncs, "Ldexp") and hasattr(ufuncs, "Frexp")
+
+
+# --- sharding constraints on cotangents --------------------------------------------------
+# The sharding_constraint primitive re-applied to a cotangent (its params as the
+# equation holds them: sharding, layout, context_mesh, unconstrained_dims on jax 0.10
+# to 0.12), as JAX's transpose of with_sharding_constraint does.
+
+def constrain(x, params: dict):
+  """``x`` under the same ``sharding_constraint`` as an equation with ``params``."""
+  from jax._src import pjit
+  known = {"sharding", "layout", "context_mesh", "unconstrained_dims"}
+  unknown = sorted(set(params) - known)
+  if unknown:
+    raise NotImplementedError(f"sharding_constraint param(s) {unknown} are not supported")
+  return pjit.sharding_constraint_p.bind(x, **params)

@@ -9,9 +9,20 @@ sharded along dimension ``k`` (the same ``k`` for every operand that has it, for
 function is tied to its spec's own shapes is recorded as skipped with the reason, never
 as passed.
 
-``python cases_sweep.py --quick`` runs the core families on each spec's highest-rank
-shape case (the committed test); without ``--quick`` every shape case; ``--all`` every
-spec, printing a per-rule summary too; rule names on the command line select rules.
+Under Explicit axes a cotangent's sharding is part of its type, and the hand pass must
+give jax.vjp's exactly.  Under Auto axes the types carry no sharding: where a jitted
+program's outputs live is chosen by XLA's sharding propagation over the whole program,
+and the hand backward pass (another program than JAX's transposes) may be placed
+differently by it.  Such a configuration, with equal values, is recorded as
+``auto-layout`` with both placements, apart from passes; a value difference under
+either kind is a failure.
+
+``python cases_sweep.py --quick`` runs the core families, each rule's first spec on its
+highest-rank shape case; without ``--quick`` every spec and shape case; ``--all`` every spec, printing a
+per-rule and per-mesh-kind summary too; rule names on the command line select rules;
+``--part=i/k`` runs part ``i`` of ``k`` of every rule (the committed test runs
+``--quick --part=i/k`` for each ``i``); ``--progress`` prints each configuration as it
+finishes.
 """
 
 from __future__ import annotations
@@ -70,9 +81,10 @@ def _leaf_spec(x) -> str:
 
 
 def _run(spec, case, k, kind):
-  """One configuration: ``(status, detail)``; status ``pass``, ``fail``, ``skip``, or
+  """One configuration: ``(status, detail)``; status ``pass``, ``fail``, ``skip``,
   ``jax-wrong`` (the hand pass equals jax.vjp on one device, jax.vjp on the mesh
-  does not)."""
+  does not), or ``auto-layout`` (Auto axes only: the values agree, and XLA placed a
+  cotangent of the hand program elsewhere than jax.vjp's)."""
   mesh = jax.make_mesh((N,), ("x",), axis_types=(kind,))
   scaled = dataclasses.replace(spec, shapes=tuple(
       tuple(_scale(s) for s in c) for c in spec.shapes))
@@ -111,7 +123,7 @@ def _run(spec, case, k, kind):
     except Exception as e:
       return "fail", (f"{type(e).__name__}: {str(e)[:300]}"
                       + (traceback.format_exc() if "--tb" in sys.argv else ""))
-  problems, jax_wrong = [], []
+  problems, layout, jax_wrong = [], [], []
   single = None
   for i in floats:
     h, r = hand_cts[i], ref_cts[i]
@@ -125,9 +137,12 @@ def _run(spec, case, k, kind):
       else:
         problems.append(f"arg {i}: value differs (max {np.nanmax(np.abs(np.asarray(h) - np.asarray(r))):.3g})")
     if _leaf_spec(h) != _leaf_spec(r):
-      problems.append(f"arg {i}: sharding {_leaf_spec(h)} vs jax {_leaf_spec(r)}")
+      (layout if kind == AxisType.Auto else problems).append(
+          f"arg {i}: sharding {_leaf_spec(h)} vs jax {_leaf_spec(r)}")
   if problems:
-    return "fail", "; ".join(problems)
+    return "fail", "; ".join(problems + layout)
+  if layout:  # Auto axes: the placement is XLA's propagation's, not the program's type
+    return "auto-layout", "; ".join(layout + jax_wrong)
   return ("jax-wrong", "; ".join(jax_wrong)) if jax_wrong else ("pass", "")
 
 
@@ -142,7 +157,7 @@ def _largest_case(spec) -> int:
 
 def _extra_specs() -> list:
   """Shape-generic functions for rules whose table specs fix their output shapes
-  (``broadcast_in_dim``'s target shape, ``expand_dims``' result)."""
+  (``broadcast_in_dim``'s target shape, ``expand_dims``' result, ``split``'s sizes)."""
   from jax import lax
   S = specs.RuleSpec
   return [
@@ -157,17 +172,62 @@ def _extra_specs() -> list:
         (((2, 1),),), label="sharded: size-1 axis grows"),
       S("expand_dims", lambda x: lax.expand_dims(lax.sin(x), (1,)),
         (((2, 3),),), label="sharded"),
+      S("split", lambda x: lax.split(lax.sin(x), (x.shape[1] // 4, 3 * x.shape[1] // 4), axis=1),
+        (((2, 4),),), label="sharded"),
+      # The table's sharding casts name one device or a one-device mesh; on the
+      # mesh they go to a replicated or a dimension-0 sharding of the current mesh.
+      S("sharding_constraint", lambda x: lax.with_sharding_constraint(
+          lax.sin(x), _on_mesh(x, False)), (((2, 3),), ((2, 1, 3),)), label="sharded: replicated"),
+      S("sharding_constraint", lambda x: lax.with_sharding_constraint(
+          lax.sin(x), _on_mesh(x, True)), (((2, 3),), ((2, 1, 3),)), label="sharded: dim 0"),
+      S("reshard", lambda x: jax.sharding.reshard(lax.sin(x), _on_mesh(x, False)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: replicated"),
+      S("reshard", lambda x: jax.sharding.reshard(lax.sin(x), _on_mesh(x, True)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: dim 0"),
+      S("device_put", lambda x: jax.device_put(lax.sin(x), _on_mesh(x, False)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: replicated"),
+      S("device_put", lambda x: jax.device_put(lax.sin(x), _on_mesh(x, True)),
+        (((2, 3),), ((2, 1, 3),)), label="sharded: dim 0"),
   ]
 
 
+def _on_mesh(x, dim0: bool):
+  """A sharding of the current mesh: replicated, or dimension 0 along ``x``."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return NamedSharding(mesh, P("x") if dim0 else P())
+
+
+def _collectives() -> set[str]:
+  """The collectives' rules: their specs bind a mesh axis of a one-device mesh (in a
+  shard_map), which an 8-device mesh rejects; test_sharded_collectives.py checks them
+  on 8 devices.  ``reshard`` is not one of them (it has specs on the mesh here)."""
+  from handgrad._src.spec_tables import collectives
+  return {s.name for s in collectives.table()} - {"reshard"}
+
+
+def rule_names() -> list[str]:
+  """The rules the sweep differentiates: those with a float32 spec that has a gradient,
+  the collectives apart."""
+  return sorted({s.name for s in specs.all_specs() + _extra_specs()
+                 if "float32" in s.dtypes and not s.no_gradient} - _collectives())
+
+
+def part(i: int, k: int) -> list[str]:
+  """Part ``i`` of ``k`` of :func:`rule_names` (round-robin, so the parts are alike)."""
+  return rule_names()[i::k]
+
+
 def sweep(names=None, quick=False) -> dict:
-  """``{config id: [status, detail]}`` for every spec (of ``names``), shape case (with
-  ``quick``, only the first of the highest rank), sharded dimension and mesh kind."""
-  results = {}
-  for spec in specs.all_specs() + _extra_specs():
+  """``{config id: [status, detail]}`` for every spec (of ``names``; with ``quick``,
+  each rule's first spec that compares anything), shape case (with ``quick``, only
+  the first of the highest rank), sharded dimension and mesh kind."""
+  results, seen = {}, set()
+  # The shape-generic specs first: with ``quick`` a rule runs specs until one of them
+  # compares something (not all skipped).
+  for spec in _extra_specs() + specs.all_specs():
     if names is not None and spec.name not in names:
       continue
-    if "float32" not in spec.dtypes or spec.no_gradient:
+    if "float32" not in spec.dtypes or spec.no_gradient or (quick and spec.name in seen):
       continue
     for case, shapes in enumerate(spec.shapes):
       if quick and case != _largest_case(spec):
@@ -180,24 +240,39 @@ def sweep(names=None, quick=False) -> dict:
             status, detail = _run(spec, case, k, kind)
           except Exception as e:
             status, detail = "fail", f"harness: {type(e).__name__}: {str(e)[:200]}"
+          if status in ("pass", "jax-wrong", "auto-layout"):
+            seen.add(spec.name)
           if status != "none":
             results[key] = [status, detail]
+            if "--progress" in sys.argv:
+              print(status.upper(), key, detail, file=sys.stderr, flush=True)
   return results
 
 
 if __name__ == "__main__":
   everything = "--all" in sys.argv
   only = [a for a in sys.argv[1:] if not a.startswith("--")]
+  parts = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--part=")]
+  if parts:  # --part=i/k: part i of k of every rule, with the names it covers
+    i, k = map(int, parts[0].split("/"))
+    names = part(i, k)
+    print(json.dumps({"names": names,
+                      "results": sweep(set(names), quick="--quick" in sys.argv)}))
+    sys.exit(0)
   res = sweep(set(only) if only else None if everything else set(CORE),
               quick="--quick" in sys.argv)
   if everything:
+    for kind in ("Explicit", "Auto"):
+      rows = [v[0] for key, v in res.items() if key.endswith(" " + kind)]
+      print(kind, {s: rows.count(s) for s in ("pass", "fail", "skip", "jax-wrong", "auto-layout")},
+            file=sys.stderr)
     by_rule: dict = {}
     for key, (status, detail) in res.items():
       by_rule.setdefault(key.split(" ")[0], []).append((status, key, detail))
     for rule, rows in sorted(by_rule.items()):
-      counts = {s: sum(r[0] == s for r in rows) for s in ("pass", "fail", "skip", "jax-wrong")}
+      counts = {s: sum(r[0] == s for r in rows) for s in ("pass", "fail", "skip", "jax-wrong", "auto-layout")}
       print(rule, counts, file=sys.stderr)
       for status, key, detail in rows:
-        if status in ("fail", "jax-wrong"):
+        if status in ("fail", "jax-wrong", "auto-layout"):
           print("  ", status.upper(), key, detail, file=sys.stderr)
   print(json.dumps(res))

@@ -32,13 +32,16 @@ def sum_to(ct, x):
   return ct
 
 
-def broadcast_to(x, shape):
+def broadcast_to(x, shape, out_sharding=None):
   """``x`` broadcast to ``shape`` as a binary primitive broadcasts its operands: a
-  scalar everywhere, size-1 dimensions along full ones (same rank)."""
+  scalar everywhere, size-1 dimensions along full ones (same rank).  Under Explicit
+  mesh axes ``out_sharding`` (the output's, ``_sharding.of(g)``) places the result
+  where the values it is combined with live (``select`` needs equal shardings)."""
   shape, rank = tuple(shape), np.ndim(x)
   if tuple(np.shape(x)) == shape:
     return x
-  return lax.broadcast_in_dim(x, shape, tuple(range(len(shape) - rank, len(shape))))
+  return lax.broadcast_in_dim(x, shape, tuple(range(len(shape) - rank, len(shape))),
+                              out_sharding=out_sharding)
 
 
 def zeros_like(x):

@@ -17,6 +17,7 @@ from jax import lax
 
 from handgrad._src import jaxpr
 from handgrad._src.registry import defvjp, defvjp_each, defvjp_unary
+from handgrad._src.rules import _sharding
 from handgrad._src.rules._common import (
     broadcast_to, is_complex, like, replace_zero, sum_to, zeros_like)
 
@@ -108,9 +109,9 @@ defvjp_unary("integer_pow", _integer_pow_vjp)
 # z = x^y:  dx = y·x^(y-1)·g  (zero where an integer y is 0);  dy = log(x)·z·g with
 # log(0) replaced by log(1) = 0, as JAX does, so 0^y has a finite y-derivative.
 def _pow_dx(g, ans, x, y):
-  shape = g.shape
-  xb = broadcast_to(x, shape)
-  yb = broadcast_to(lax.convert_element_type(y, lax.dtype(x)), shape)
+  shape, where = g.shape, _sharding.of(g)
+  xb = broadcast_to(x, shape, where)
+  yb = broadcast_to(lax.convert_element_type(y, lax.dtype(x)), shape, where)
   jac = yb * lax.pow(xb, yb - like(1, yb))
   if jnp.issubdtype(lax.dtype(y), jnp.integer):
     jac = lax.select(yb == like(0, yb), zeros_like(yb), jac)
@@ -120,7 +121,7 @@ def _pow_dx(g, ans, x, y):
 def _pow_dy(g, ans, x, y):
   if not jnp.issubdtype(lax.dtype(y), jnp.inexact):
     return None
-  return g * (lax.log(replace_zero(broadcast_to(x, g.shape))) * ans)
+  return g * (lax.log(replace_zero(broadcast_to(x, g.shape, _sharding.of(g)))) * ans)
 
 
 defvjp_each("pow", _pow_dx, _pow_dy)
@@ -201,8 +202,9 @@ def _convert_vjp(g, ans, x, *, new_dtype=None, weak_type=None, sharding=None):
   return (lax.convert_element_type(g, lax.dtype(x)),)
 
 
-# Identities: the cotangent passes through unchanged.
-for _name in ("copy", "name", "sharding_constraint"):
+# Identities: the cotangent passes through unchanged (sharding_constraint, which
+# re-applies its constraint to the cotangent, is in sharding.py).
+for _name in ("copy", "name"):
   defvjp(_name, lambda g, ans, x, **params: (g,))
 # optimization_barrier is an identity on a tuple of values.
 defvjp("optimization_barrier", lambda g, ans, *xs: tuple(g))

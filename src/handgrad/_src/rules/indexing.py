@@ -144,7 +144,7 @@ def _scatter_vjp(g, ans, x, indices, updates, *, update_jaxpr, update_consts,
   _check_body("scatter", update_jaxpr, update_consts, None)
   mode = _check_mode("scatter", mode)
   kw = dict(indices_are_sorted=indices_are_sorted, unique_indices=unique_indices)
-  dx = lax.scatter(g, indices, lax.full(np.shape(updates), 0, g.dtype), dimension_numbers,
+  dx = lax.scatter(g, indices, lax.full_like(updates, 0, g.dtype), dimension_numbers,
                    mode=mode, **kw)
   du = _read_back(g, indices, x, updates, dimension_numbers, mode, **kw)
   if not unique_indices:

@@ -177,25 +177,26 @@ def _softmax_cross_entropy_vjp(g, outs, logits, labels):
   g_loss, g_log_probs = g  # either may be None: that output received no blame
   _, log_probs = outs
   num_classes = logits.shape[-1]
-  flat_lp = log_probs.reshape(-1, num_classes)
-  probs = jnp.exp(flat_lp)
-  dlogits = jnp.zeros_like(flat_lp)
+  probs = jnp.exp(log_probs)
+  dlogits = jnp.zeros_like(log_probs)
   if g_loss is not None:
-    flat_labels = labels.reshape(-1)
-    batch = flat_labels.shape[0]
-    valid = (flat_labels >= 0) & (flat_labels < num_classes)
+    valid = (labels >= 0) & (labels < num_classes)
     # −g/batch per row (NaN where the label is out of range), placed at the label.
-    minus_scale = jnp.where(valid, -g_loss / batch, jnp.nan).astype(flat_lp.dtype)
-    # The row indices carry the labels' sharding (a batch sharded along a mesh axis
-    # under Explicit axes: scatter indices must agree).
-    rows = jnp.arange(batch, dtype=flat_labels.dtype, out_sharding=hj.sharding_of(flat_labels))
-    minus_onehot = dlogits.at[rows, jnp.where(valid, flat_labels, 0)].add(
-        minus_scale, out_sharding=hj.sharding_of(flat_lp))
-    dlogits = minus_onehot - probs * minus_scale[:, None]
+    minus_scale = jnp.where(valid, -g_loss / labels.size, jnp.nan).astype(log_probs.dtype)
+    # Each row is addressed by an iota per batch dimension (with one batch dimension,
+    # the row numbers), with the labels' sharding: under Explicit axes a batch
+    # sharded along a mesh axis, whichever of its dimensions, needs scatter indices
+    # that agree, and no batch dimensions are merged (a reshape cannot merge a
+    # sharded dimension into the one before it).
+    where = hj.sharding_of(labels)
+    rows = tuple(lax.broadcasted_iota(labels.dtype, labels.shape, d, out_sharding=where)
+                 for d in range(labels.ndim))
+    minus_onehot = dlogits.at[(*rows, jnp.where(valid, labels, 0))].add(
+        minus_scale, out_sharding=hj.sharding_of(log_probs))
+    dlogits = minus_onehot - probs * minus_scale[..., None]
   if g_log_probs is not None:
-    g_lp = g_log_probs.reshape(-1, num_classes)
-    dlogits = dlogits + g_lp - probs * jnp.sum(g_lp, axis=-1, keepdims=True)
-  return dlogits.reshape(logits.shape).astype(logits.dtype), None
+    dlogits = dlogits + g_log_probs - probs * jnp.sum(g_log_probs, axis=-1, keepdims=True)
+  return dlogits.astype(logits.dtype), None
 
 
 # --- regression loss -----------------------------------------------------------------

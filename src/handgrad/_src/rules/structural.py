@@ -111,7 +111,7 @@ def _dynamic_slice_vjp(g, ans, x, *starts, slice_sizes):
 # the forward pass used (see dynamic_slice above).
 @defvjp("dynamic_update_slice")
 def _dynamic_update_slice_vjp(g, ans, x, update, *starts):
-  dx = lax.dynamic_update_slice_p.bind(g, lax.full(np.shape(update), 0, g.dtype), *starts)
+  dx = lax.dynamic_update_slice_p.bind(g, lax.full_like(update, 0, g.dtype), *starts)
   du = lax.dynamic_slice_p.bind(g, *starts, slice_sizes=tuple(np.shape(update)))
   return (dx, lax.convert_element_type(du, lax.dtype(update)), *([None] * len(starts)))
 
