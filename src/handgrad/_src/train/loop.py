@@ -109,6 +109,15 @@ class RunExistsError(FileExistsError):
     self.out, self.previous = out, tuple(previous)
     super().__init__(self.message("resume=True", "overwrite=True"))
 
+  def to_shared(self) -> str:
+    """The error as one string another process rebuilds it from (:meth:`from_shared`)."""
+    return json.dumps([str(self.out), list(self.previous)])
+
+  @classmethod
+  def from_shared(cls, text: str) -> "RunExistsError":
+    out, previous = json.loads(text)
+    return cls(pathlib.Path(out), previous)
+
   def message(self, resume: str, overwrite: str) -> str:
     """The one-line refusal, naming the two ways on: ``resume``/``overwrite`` as the
     caller spells them (keyword arguments of ``fit``, ``--resume``/``--overwrite`` of

@@ -80,7 +80,11 @@ def share_error(error: BaseException | None,
     return
   code = -1 if error is None else next(
       (i for i, k in enumerate(kinds) if type(error) is k), len(kinds))
-  text = "" if error is None else f"{code}|{type(error).__name__}|{error}"
+  # An error class whose constructor takes more than its message says how it travels
+  # (``to_shared`` / ``from_shared``, e.g. RunExistsError's directory and contents).
+  payload = "" if error is None else (
+      error.to_shared() if code < len(kinds) and hasattr(error, "to_shared") else str(error))
+  text = "" if error is None else f"{code}|{type(error).__name__}|{payload}"
   found = first_message(None if error is None else text)
   if found is None:
     return
@@ -90,7 +94,8 @@ def share_error(error: BaseException | None,
   code_text, name, message = shared.split("|", 2)
   code = int(code_text)
   if code < len(kinds):
-    raise kinds[code](message)
+    kind = kinds[code]
+    raise kind.from_shared(message) if hasattr(kind, "from_shared") else kind(message)
   raise RuntimeError(f"process {process}: {name}: {message}")
 
 
