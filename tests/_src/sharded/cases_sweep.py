@@ -54,6 +54,21 @@ CORE = (
 )
 
 
+#: Rules whose hand program, with a matrix axis (one of the last two) sharded over an
+#: Auto mesh, was seen never to finish on XLA:CPU's 8 forced devices when run after the
+#: earlier configurations (a wait in PjRtCpuLoadedExecutable::Execute; cholesky alone
+#: runs): not run, recorded as skipped with this reason, to investigate.
+MATRIX_AXIS_AUTO_HANGS = ("cholesky", "eigh", "qr", "svd", "lu", "eig", "triangular_solve",
+                          "custom_linear_solve", "tridiagonal_solve")
+
+
+def _not_run(spec, kind, k, rank) -> str | None:
+  if (spec.name in MATRIX_AXIS_AUTO_HANGS and kind == AxisType.Auto and k >= rank - 2):
+    return ("not run: a matrix axis sharded over an Auto mesh hangs XLA:CPU's forced "
+            "devices (see MATRIX_AXIS_AUTO_HANGS)")
+  return None
+
+
 def _scale(shape):
   return tuple(N * d if d > 1 else d for d in shape)
 
@@ -85,6 +100,9 @@ def _run(spec, case, k, kind):
   ``jax-wrong`` (the hand pass equals jax.vjp on one device, jax.vjp on the mesh
   does not), or ``auto-layout`` (Auto axes only: the values agree, and XLA placed a
   cotangent of the hand program elsewhere than jax.vjp's)."""
+  reason = _not_run(spec, kind, k, max(len(s) for s in spec.shapes[case]))
+  if reason:
+    return "skip", reason
   mesh = jax.make_mesh((N,), ("x",), axis_types=(kind,))
   scaled = dataclasses.replace(spec, shapes=tuple(
       tuple(_scale(s) for s in c) for c in spec.shapes))
@@ -114,12 +132,15 @@ def _run(spec, case, k, kind):
         return out, vjp(jax.tree.unflatten(out_tree, cts))
       return jax.jit(program)
 
+    # Each program finishes before the next starts: two in-flight programs with
+    # collectives on XLA:CPU's forced devices can wait on each other for ever (seen with
+    # cholesky, batch axis sharded, Auto mesh, after the jax.vjp reference).
     try:
-      ref_out, ref_cts = with_vjp(jax.vjp)(put, cts)
+      ref_out, ref_cts = jax.block_until_ready(with_vjp(jax.vjp)(put, cts))
     except Exception as e:
       return "skip", f"jax.vjp rejects it too: {type(e).__name__}: {str(e)[:120]}"
     try:
-      hand_out, hand_cts = with_vjp(hg.vjp)(put, cts)
+      hand_out, hand_cts = jax.block_until_ready(with_vjp(hg.vjp)(put, cts))
     except Exception as e:
       return "fail", (f"{type(e).__name__}: {str(e)[:300]}"
                       + (traceback.format_exc() if "--tb" in sys.argv else ""))

@@ -99,7 +99,8 @@ def _tridiagonal_solve_vjp(g, ans, dl, d, du, b, **params):
   no_other_params("tridiagonal_solve", params)
   m = d.shape[-1]
   last = d.ndim - 1
-  zero = lax.full(d.shape[:-1] + (1,), 0, d.dtype)
+  # One zero column, sharded as d is (full_like keeps its operand's sharding).
+  zero = lax.full_like(lax.slice_in_dim(d, 0, 1, axis=last), 0)
   dl_t = lax.concatenate([zero, lax.slice_in_dim(du, 0, m - 1, axis=last)], last)
   du_t = lax.concatenate([lax.slice_in_dim(dl, 1, m, axis=last), zero], last)
   db = lax.linalg.tridiagonal_solve(dl_t, d, du_t, g, **perturb)
