@@ -24,3 +24,9 @@ def assert_hand_grad_matches(loss, args, argnums, dtype):
 def normal(seed, shape, dtype=F32):
   """Test data from numpy: no XLA compilation per shape."""
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def agree(got, want, tol):
+  """Same shapes and dtypes leaf by leaf, and values within ``tol`` (relative and absolute)."""
+  chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
+  chex.assert_trees_all_close(got, want, rtol=tol, atol=tol)

@@ -15,17 +15,9 @@ import optax
 import pytest
 
 import handgrad as hg
+from nn_testing import agree, normal
 
 DTYPES = [(jnp.float64, 1e-9), (jnp.float32, 2e-5)]
-
-
-def _agree(got, want, tol):
-  chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
-  chex.assert_trees_all_close(got, want, rtol=tol, atol=tol)
-
-
-def _data(seed, shape, dtype):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _keys(seed, n):
@@ -41,7 +33,7 @@ def _check(loss, model, *args, tol):
                          if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact))
   both = jax.jit(lambda *a: (hg.grad(f, argnums)(*a), jax.grad(f, argnums)(*a)))
   got, want = both(params, *args)
-  _agree(got, want, tol)
+  agree(got, want, tol)
   return got
 
 
@@ -51,7 +43,7 @@ def test_mlp(dtype, tol):
     mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jax.nn.gelu, final_activation=jnp.tanh,
                      key=jax.random.key(0), dtype=dtype)
     loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x)))  # noqa: E731
-    _check(loss, mlp, _data(0, (5, 3), dtype), tol=tol)
+    _check(loss, mlp, normal(0, (5, 3), dtype), tol=tol)
 
 
 class _CNN(eqx.Module):
@@ -84,7 +76,7 @@ class _CNN(eqx.Module):
 def test_cnn_with_dropout(dtype, tol):
   with jax.enable_x64(True):
     cnn = _CNN(dtype, jax.random.key(1))
-    x = _data(1, (3, 2, 8, 8), dtype)
+    x = normal(1, (3, 2, 8, 8), dtype)
     keys = _keys(2, 3)                          # one dropout key per example
     loss = lambda m, x: jnp.sum(jnp.sin(jax.vmap(m)(x, keys)))  # noqa: E731
     _check(loss, cnn, x, tol=tol)
@@ -104,7 +96,7 @@ def test_conv_padding_modes_and_transpose():
       y = sum(layer(x) for layer in layers)
       return jnp.sum(jnp.sin(pools(up(y))))
 
-    _check(loss, (layers, up), _data(3, (2, 5, 6), dtype), tol=1e-9)
+    _check(loss, (layers, up), normal(3, (2, 5, 6), dtype), tol=1e-9)
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES)
@@ -112,7 +104,7 @@ def test_lstm_and_gru_cells_under_scan(dtype, tol):
   with jax.enable_x64(True):
     a, b = _keys(4, 2)
     cells = (eqx.nn.LSTMCell(3, 5, key=a, dtype=dtype), eqx.nn.GRUCell(5, 4, key=b, dtype=dtype))
-    xs = _data(4, (6, 3), dtype)                # [time, features]
+    xs = normal(4, (6, 3), dtype)                # [time, features]
 
     def loss(cells, xs):
       lstm, gru = cells
@@ -136,7 +128,7 @@ def test_multihead_attention(dtype, tol):
     a, b = _keys(5, 2)
     self_attn = eqx.nn.MultiheadAttention(2, 8, key=a, dtype=dtype)
     cross_attn = eqx.nn.MultiheadAttention(2, 8, 6, 6, dropout_p=0.25, key=b, dtype=dtype)
-    q, kv = _data(5, (5, 8), dtype), _data(6, (4, 6), dtype)
+    q, kv = normal(5, (5, 8), dtype), normal(6, (4, 6), dtype)
     causal = jnp.tril(jnp.ones((5, 5), bool))
     dropout_key = jax.random.key(7)
 
@@ -170,7 +162,7 @@ def test_embedding_and_stateful_batch_norm():
 def test_filter_transforms():
   with jax.enable_x64(True):
     mlp = eqx.nn.MLP(3, 2, 6, 2, key=jax.random.key(9), dtype=jnp.float64)
-    x = _data(9, (5, 3), jnp.float64)
+    x = normal(9, (5, 3), jnp.float64)
 
     def loss(m, x):
       forward = eqx.filter_checkpoint(eqx.filter_vmap(lambda m, x: m(x), in_axes=(None, 0)))
@@ -181,7 +173,7 @@ def test_filter_transforms():
     got = hg.grad(lambda p: loss(eqx.combine(p, eqx.filter(mlp, eqx.is_inexact_array,
                                                             inverse=True)), x))(
         eqx.filter(mlp, eqx.is_inexact_array))
-    _agree(got, eqx.filter_grad(loss)(mlp, x), 1e-9)
+    agree(got, eqx.filter_grad(loss)(mlp, x), 1e-9)
 
 
 def test_filter_custom_vjp_and_checkpointed_while_loop():
@@ -206,7 +198,7 @@ def test_filter_custom_vjp_and_checkpointed_while_loop():
       dy = jnp.sum(g * jnp.tanh(x)) * scale if perturbed[1] else None
       return dx, dy
 
-    x0 = _data(11, (4,), dtype)
+    x0 = normal(11, (4,), dtype)
 
     def loss(m, x0):
       def body(carry):
@@ -223,7 +215,7 @@ def test_jitted_training_step_equals_optax_with_jax_grad():
   """Three AdamW steps of an MLP classifier through eqx.filter_jit: the hand gradient's
   module equals jax.grad's after each step (float32)."""
   model = eqx.nn.MLP(4, 3, 16, 2, key=jax.random.key(10))
-  x = _data(10, (8, 4), jnp.float32)
+  x = normal(10, (8, 4), jnp.float32)
   labels = jnp.arange(8) % 3
   opt = optax.adamw(1e-2)
 
@@ -247,6 +239,6 @@ def test_jitted_training_step_equals_optax_with_jax_grad():
     m_hand, s_hand, v_hand = hand(m_hand, s_hand)
     m_ref, s_ref, v_ref = ref(m_ref, s_ref)
     np.testing.assert_allclose(v_hand, v_ref, rtol=1e-6)
-    _agree(eqx.filter(m_hand, eqx.is_inexact_array),
+    agree(eqx.filter(m_hand, eqx.is_inexact_array),
            eqx.filter(m_ref, eqx.is_inexact_array), 1e-5)
   assert float(v_hand) < float(loss(*eqx.partition(model, eqx.is_inexact_array)))

@@ -16,17 +16,9 @@ import pytest
 from flax import nnx
 
 import handgrad as hg
+from nn_testing import agree, normal
 
 DTYPES = [(jnp.float64, 1e-9), (jnp.float32, 2e-5)]
-
-
-def _agree(got, want, tol):
-  chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
-  chex.assert_trees_all_close(got, want, rtol=tol, atol=tol)
-
-
-def _data(seed, shape, dtype):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _cast(tree, dtype):
@@ -53,14 +45,14 @@ CELLS = {"lstm": linen.LSTMCell, "gru": linen.GRUCell,
 def test_rnn_cells(cell, dtype, tol):
   with jax.enable_x64(True):
     model = linen.RNN(CELLS[cell](features=4, param_dtype=dtype))
-    x = _data(0, (2, 5, 3), dtype)               # [batch, time, features]
+    x = normal(0, (2, 5, 3), dtype)               # [batch, time, features]
     lengths = jnp.array([5, 3])                  # the second sequence is padded
     params = model.init(jax.random.key(0), x)["params"]
 
     def loss(params, x):
       return jnp.sum(jnp.sin(model.apply({"params": params}, x, seq_lengths=lengths)))
 
-    _agree(*_both(loss, params, x, argnums=(0, 1)), tol)
+    agree(*_both(loss, params, x, argnums=(0, 1)), tol)
 
 
 def test_bidirectional_and_reversed_rnn():
@@ -71,7 +63,7 @@ def test_bidirectional_and_reversed_rnn():
         linen.RNN(linen.GRUCell(3, param_dtype=dtype), unroll=2))
     reversed_ = linen.RNN(linen.OptimizedLSTMCell(4, param_dtype=dtype), reverse=True,
                           keep_order=True, return_carry=True)
-    x = _data(1, (2, 6, 3), dtype)
+    x = normal(1, (2, 6, 3), dtype)
     params = model.init(jax.random.key(1), x)["params"]
     rparams = reversed_.init(jax.random.key(2), x)["params"]
 
@@ -80,7 +72,7 @@ def test_bidirectional_and_reversed_rnn():
       (c, h), ys = reversed_.apply({"params": rparams}, x)
       return jnp.sum(jnp.sin(out)) + jnp.sum(c * h) + jnp.sum(jnp.cos(ys))
 
-    _agree(*_both(loss, params, rparams, x, argnums=(0, 1, 2)), 1e-9)
+    agree(*_both(loss, params, rparams, x, argnums=(0, 1, 2)), 1e-9)
 
 
 def test_second_order_through_a_gru():
@@ -88,11 +80,11 @@ def test_second_order_through_a_gru():
   twice by hand."""
   with jax.enable_x64(True):
     model = linen.RNN(linen.GRUCell(3, param_dtype=jnp.float64))
-    x = _data(13, (2, 4, 3), jnp.float64)
+    x = normal(13, (2, 4, 3), jnp.float64)
     flat, unravel = jax.flatten_util.ravel_pytree(model.init(jax.random.key(12), x)["params"])
     loss = lambda w: jnp.sum(jnp.sin(model.apply({"params": unravel(w)}, x)))  # noqa: E731
     got, want = jax.jit(lambda w: (hg.hessian(loss)(w), jax.hessian(loss)(w)))(flat)
-    _agree(got, want, 1e-9)
+    agree(got, want, 1e-9)
 
 
 class _Step(linen.Module):
@@ -116,10 +108,10 @@ class _Scanned(linen.Module):
 def test_nn_scan_with_remat():
   with jax.enable_x64(True):
     model = _Scanned()
-    x = _data(2, (2, 5, 3), jnp.float64)
+    x = normal(2, (2, 5, 3), jnp.float64)
     params = model.init(jax.random.key(3), x)["params"]
     loss = lambda p, x: jnp.sum(jnp.sin(model.apply({"params": p}, x)))  # noqa: E731
-    _agree(*_both(loss, params, x, argnums=(0, 1)), 1e-9)
+    agree(*_both(loss, params, x, argnums=(0, 1)), 1e-9)
 
 
 # ----------------------------------------------------------------------- attention
@@ -128,7 +120,7 @@ def test_nn_scan_with_remat():
 def test_causal_self_attention_and_cross_attention(dtype, tol):
   with jax.enable_x64(True):
     attn = linen.MultiHeadDotProductAttention(num_heads=2, param_dtype=dtype, dtype=dtype)
-    q, kv = _data(3, (2, 6, 8), dtype), _data(4, (2, 4, 8), dtype)
+    q, kv = normal(3, (2, 6, 8), dtype), normal(4, (2, 4, 8), dtype)
     causal = linen.make_causal_mask(jnp.ones((2, 6)))
     self_params = attn.init(jax.random.key(4), q, mask=causal)["params"]
     cross_params = attn.init(jax.random.key(5), q, kv)["params"]
@@ -138,7 +130,7 @@ def test_causal_self_attention_and_cross_attention(dtype, tol):
       out = attn.apply({"params": cross_params}, h, kv)
       return jnp.sum(jnp.sin(out))
 
-    _agree(*_both(loss, self_params, cross_params, q, kv, argnums=(0, 1, 2, 3)), tol)
+    agree(*_both(loss, self_params, cross_params, q, kv, argnums=(0, 1, 2, 3)), tol)
 
 
 # ----------------------------------- dropout, batch norm (training), layer norm, embed
@@ -175,8 +167,8 @@ def test_dropout_batch_norm_layer_norm_embed(dtype, tol):
           updates["batch_stats"]
 
     (got, got_stats), (want, want_stats) = _both(loss, params, key, has_aux=True)
-    _agree(got, want, tol)
-    _agree(got_stats, want_stats, tol)
+    agree(got, want, tol)
+    agree(got_stats, want_stats, tol)
     # the RNG was used: another key gives another gradient
     other, _ = jax.jit(jax.grad(loss, has_aux=True))(params, jax.random.key(8))
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), got, other)
@@ -202,7 +194,7 @@ class _Mixed(linen.Module):
 def test_bfloat16_computation_is_as_accurate_as_jax_grad():
   """In bfloat16 the two gradients differ by rounding: each is compared with the float32
   model's gradient, and the hand one must be about as close to it as jax.grad's."""
-  x = _data(12, (2, 5, 4), jnp.float32)
+  x = normal(12, (2, 5, 4), jnp.float32)
   params = _Mixed(jnp.bfloat16).init(jax.random.key(11), x)["params"]
 
   def loss(dtype):
@@ -260,7 +252,7 @@ def test_nnx_block(dtype, tol):
     model = _NnxBlock(dtype, nnx.Rngs(0, dropout=1))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rest = _cast(rest, dtype)                                 # batch stats: float32
-    x = _data(9, (2, 5, 3), dtype)
+    x = normal(9, (2, 5, 3), dtype)
 
     def loss(params, x):
       model = nnx.merge(graphdef, params, rest, copy=True)   # a pure function of params
@@ -269,16 +261,16 @@ def test_nnx_block(dtype, tol):
 
     (got, got_stats), (want, want_stats) = _both(loss, params, x, argnums=(0, 1),
                                                  has_aux=True)
-    _agree(got, want, tol)
-    _agree(got_stats, want_stats, tol)
+    agree(got, want, tol)
+    agree(got_stats, want_stats, tol)
 
 
 def test_nnx_scan():
   with jax.enable_x64(True):
     graphdef, params = nnx.split(_NnxRecurrence(nnx.Rngs(2)))
-    x = _data(10, (2, 3), jnp.float64)
+    x = normal(10, (2, 3), jnp.float64)
     loss = lambda p, x: jnp.sum(jnp.sin(nnx.merge(graphdef, p, copy=True)(x)))  # noqa: E731
-    _agree(*_both(loss, params, x, argnums=(0, 1)), 1e-9)
+    agree(*_both(loss, params, x, argnums=(0, 1)), 1e-9)
 
 
 # ---------------------------------------------------------------- a training step
@@ -288,7 +280,7 @@ def test_jitted_training_step_equals_optax_with_jax_grad():
   jax.grad's after each step (float32)."""
   model = linen.RNN(linen.LSTMCell(6))
   head = linen.Dense(3)
-  x = _data(11, (4, 5, 2), jnp.float32)
+  x = normal(11, (4, 5, 2), jnp.float32)
   labels = jnp.array([0, 2, 1, 2])
   params = {"rnn": model.init(jax.random.key(9), x)["params"],
             "head": head.init(jax.random.key(10), jnp.zeros((1, 6)))["params"]}
@@ -314,5 +306,5 @@ def test_jitted_training_step_equals_optax_with_jax_grad():
     p_hand, s_hand, v_hand = hand(p_hand, s_hand)
     p_ref, s_ref, v_ref = ref(p_ref, s_ref)
     np.testing.assert_allclose(v_hand, v_ref, rtol=1e-6)
-    _agree(p_hand, p_ref, 1e-5)
+    agree(p_hand, p_ref, 1e-5)
   assert float(v_hand) < float(loss(params, x, labels))   # it trained
