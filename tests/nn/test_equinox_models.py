@@ -6,7 +6,6 @@ modes, ConvTranspose2d, an LSTMCell and a GRUCell under lax.scan, MultiheadAtten
 filter_vmap / filter_checkpoint, filter_custom_vjp and the checkpointed while loop, and
 one jitted optax training step."""
 
-import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
