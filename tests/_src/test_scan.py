@@ -14,12 +14,6 @@ import handgrad as hg
 from handgrad import inspect as hgi
 
 
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
 def _normal(key, *shapes, dtype=jnp.float32):
   keys = jax.random.split(jax.random.key(key), len(shapes))
   return [jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes)]

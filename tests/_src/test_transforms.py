@@ -9,12 +9,6 @@ from jax import lax
 import handgrad as hg
 
 
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
 def mlp_loss(params, x, y):
   h = x
   for layer in params[:-1]:

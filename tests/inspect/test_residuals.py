@@ -7,10 +7,7 @@ import pytest
 import handgrad as hg
 
 
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")  # tests/conftest.py
 
 
 def test_saved_residuals_plain_versus_checkpoint():

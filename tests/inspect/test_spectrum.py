@@ -8,36 +8,15 @@ import numpy as np
 import pytest
 
 import handgrad as hg
+from second_order_testing import mixed_batch, mixed_loss, mixed_params
 
 
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
-def _mixed_loss(params, x, y):
-  """Dense, layer norm and softmax cross-entropy."""
-  h = hg.ops.dense(x, params["W1"], params["b1"])
-  h = hg.ops.layer_norm(h, params["g"], params["beta"])
-  h = jnp.tanh(h)
-  return hg.ops.softmax_cross_entropy(hg.ops.dense(h, params["W2"], params["b2"]), y)
-
-
-def _mixed_params():
-  k = jax.random.split(jax.random.key(0), 4)
-  return {"W1": jax.random.normal(k[0], (3, 4)) * 0.5, "b1": jnp.full(4, 0.1),
-          "g": jnp.linspace(0.8, 1.2, 4), "beta": jnp.zeros(4),
-          "W2": jax.random.normal(k[1], (4, 3)) * 0.5, "b2": jnp.zeros(3)}
-
-
-def _mixed_batch():
-  return jax.random.normal(jax.random.key(5), (6, 3)), jnp.array([0, 1, 2, 0, 1, 2])
+pytestmark = pytest.mark.usefixtures("x64")  # tests/conftest.py
 
 
 def test_top_hessian_eigenvalues_match_dense_eigendecomposition():
-  params, (x, y) = _mixed_params(), _mixed_batch()
-  loss = lambda p: _mixed_loss(p, x, y)
+  params, (x, y) = mixed_params(), mixed_batch()
+  loss = lambda p: mixed_loss(p, x, y)
   flat_p, unravel = jax.flatten_util.ravel_pytree(params)
   exact = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat_p)))[::-1]
   spectrum = hg.top_hessian_eigenvalues(loss, params, k=3, iterations=flat_p.size)

@@ -15,10 +15,7 @@ def rand(shape, seed=0):
   return np.random.default_rng(seed).standard_normal(shape)
 
 
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")  # tests/conftest.py
 
 
 def _conv_loss(x, w):

@@ -9,10 +9,7 @@ import handgrad as hg
 from handgrad._src.rules import layers
 
 
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("use", ["loss", "log_probs", "both"])

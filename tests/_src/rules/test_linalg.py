@@ -21,10 +21,7 @@ from handgrad._src.spec_tables.linalg import dominant, singular
 from handgrad._src.second_order import hvp_reverse
 
 
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")  # tests/conftest.py
 
 
 def _rng(seed=0):
