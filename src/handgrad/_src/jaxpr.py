@@ -456,6 +456,18 @@ CHOLESKY_READS_LOWER_TRIANGLE = tuple(
     int(p) for p in jax.__version__.split(".")[:3] if p.isdigit()) >= (0, 11, 2)
 
 
+#: jaxlib 0.10's CPU LAPACK kernels (cholesky, eigh, qr, svd, lu, eig, triangular and
+#: tridiagonal solves) split a batch of matrices over XLA:CPU's intra-op thread pool and
+#: block that pool's thread until the pieces finish.  With several devices in one process
+#: (``--xla_force_host_platform_device_count``) every device's program runs on the same
+#: pool, so enough concurrent batched calls occupy every thread and wait for pieces that
+#: no thread is left to run: the program never finishes (seen with jax.vjp's programs as
+#: with handgrad's).  jaxlib 0.11 and later run the batch on the calling thread.  Nothing
+#: in handgrad depends on this; the sharded tests use it to leave such programs out on
+#: the releases that hang.
+LAPACK_BATCHES_BLOCK_THE_THREAD_POOL = _release() < (0, 11)
+
+
 # With ``jax_custom_vjp3`` / ``jax_custom_jvp3`` / ``jax_remat3`` set (False by default
 # through jax 0.12), custom_vjp, custom_jvp and checkpoint arrive as one
 # ``call_hi_primitive`` whose ``_prim`` object holds the rule; the engine does not
