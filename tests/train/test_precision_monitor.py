@@ -110,3 +110,16 @@ def test_cli_precision_monitor_and_remat(tmp_path, capsys):
   assert main(["train", "--model", "transformer", "--remat", "--epochs", "1", "--subset", "256",
                "--out", str(tmp_path / "t"), "--no-progress"]) == 0
   assert "checkpointed blocks" in capsys.readouterr().out
+
+
+def test_cli_resume_keeps_the_earlier_gradient_stats(tmp_path, capsys):
+  # 320 digits in batches of 32: 10 steps an epoch, a record every 3 steps.
+  args = ["train", "--subset", "320", "--monitor", "3", "--no-progress", "--out", str(tmp_path)]
+  assert main([*args, "--epochs", "1"]) == 0
+  first = (tmp_path / "grad_stats.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in first] == [3, 6, 9]
+  assert main([*args, "--epochs", "2", "--resume"]) == 0
+  lines = (tmp_path / "grad_stats.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [3, 6, 9, 12, 15, 18]
+  assert lines[:3] == first  # the first session's records, untouched
+  capsys.readouterr()

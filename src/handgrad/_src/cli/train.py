@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
+import math
 import os
 import pathlib
 import sys
@@ -491,23 +491,28 @@ def run(args: argparse.Namespace, out_stream=None) -> int:
     raise CommandError(e.message("--resume", "--overwrite")) from None
   if not _primary():
     return 0
-  monitor_report = _monitor_outputs(monitor, out) if monitor is not None else ""
+  monitor_report = _monitor_outputs(monitor, out, args.resume) if monitor is not None else ""
   print(_summary(result, args, model, data_desc, epochs, out, time.perf_counter() - t0)
         + monitor_report, file=out_stream)
   return 0
 
 
-def _monitor_outputs(monitor, out: pathlib.Path) -> str:
-  """Writes the gradient monitor's history and plot; returns its health report."""
+def _monitor_outputs(monitor, out: pathlib.Path, resume: bool) -> str:
+  """Writes the gradient monitor's history and plot; returns its health report.  A
+  resumed run keeps the earlier sessions' records of the steps before its own first one
+  (the steps after it are the ones this session trained again)."""
   if not monitor.history:
     return "\n\ngradient monitor: no step recorded (fewer steps than --monitor)"
-  with open(out / "grad_stats.jsonl", "w") as f:
-    for step_number, stats in zip(monitor.steps, monitor.history):
-      f.write(json.dumps({"step": step_number, "stats": {
-          name: {field: float(v) for field, v in s._asdict().items()}
-          for name, s in stats.items()}}) + "\n")
+  from handgrad._src.train import loop
+  path = out / loop.GRAD_STATS_FILE
+  records = [{"step": step_number, "stats": {
+      name: {field: float(v) for field, v in s._asdict().items()} for name, s in stats.items()}}
+      for step_number, stats in zip(monitor.steps, monitor.history)]
+  earlier = [r for r in loop.read_metrics(path) if r.get("step", math.inf) < monitor.steps[0]] \
+      if resume else []
+  loop.write_records(path, earlier + records)
   png = monitor.plot_gradient_flow(out / "gradient_flow.png",
                                    title=f"Gradient flow at step {monitor.steps[-1]}")
   health = "\n".join(f"  {line}" for line in monitor.check_health())
   return (f"\n\ngradient monitor ({len(monitor.history)} records, last at step "
-          f"{monitor.steps[-1]}; {out / 'grad_stats.jsonl'}, {png}):\n{health}")
+          f"{monitor.steps[-1]}; {path}, {png}):\n{health}")

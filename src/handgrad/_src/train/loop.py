@@ -69,8 +69,9 @@ CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 NONFINITE_FILE = "nonfinite.json"
+GRAD_STATS_FILE = "grad_stats.jsonl"  # written by the CLI's --monitor
 # What a run leaves in its directory (replaced by overwrite=True / --overwrite).
-RUN_FILES = (METRICS_FILE, CURVES_FILE, CONFIG_FILE, "grad_stats.jsonl",
+RUN_FILES = (METRICS_FILE, CURVES_FILE, CONFIG_FILE, GRAD_STATS_FILE,
              "gradient_flow.png", NONFINITE_FILE)
 ON_NONFINITE = ("stop", "skip")
 RUN_DIRS = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".damaged")
@@ -206,7 +207,8 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _write_metrics(path: pathlib.Path, records: Sequence[Record]) -> None:
+def write_records(path: pathlib.Path, records: Sequence[Record]) -> None:
+  """Writes JSON-lines ``records`` to ``path`` atomically (see ``_write_atomically``)."""
   _write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
@@ -760,7 +762,7 @@ class _Run:
                                              if "accuracy" in means else {})},
                   self.last_eval)
     if self.out is not None:
-      _write_metrics(self.out / METRICS_FILE, self.history)
+      write_records(self.out / METRICS_FILE, self.history)
     # The epoch is complete: its checkpoint carries no per-step metrics.  (Without an
     # output directory there is no checkpointer and nothing is saved; with several
     # processes, all save together and process 0 alone writes the files.)
@@ -960,7 +962,7 @@ def fit(train_step: TrainStep, state: TrainState, train_ds, *, epochs: int,
         # The run is accepted: from here on the directory is this run's.
         _write_atomically(out / CONFIG_FILE,
                           json.dumps({**config, "epochs": epochs}, indent=2) + "\n")
-        _write_metrics(out / METRICS_FILE, position.history)
+        write_records(out / METRICS_FILE, position.history)
     session = _Run(fit_args, position, out, ckpt, notify, t0)
     session.run()
   finally:
