@@ -121,6 +121,17 @@ def test_naive_logsumexp_overflows_in_exp():
   assert r.inputs[0].max > 88.7
 
 
+def test_a_literal_inf_is_named_as_a_constant_not_an_overflow():
+  def loss(w, x):
+    z = x @ w
+    return jnp.sum(z * jnp.inf)  # literal-inf
+
+  r = hgi.find_nonfinite(loss, jnp.ones((3, 2)), jnp.ones((4, 3)))
+  _expect(r, "forward", "mul", "literal-inf", "constant inf or NaN", "operand 1")
+  assert "finite operands" not in r.diagnosis
+  assert r.inputs[1].infs == 1 and "no finite element" in str(r.inputs[1])
+
+
 def test_layer_norm_eps0_of_a_constant_row():
   p = hg.nn.mlp.init([6, 8, 3], key=jax.random.key(6))
   x = jax.random.normal(jax.random.key(7), (4, 6)).at[2].set(1.5)

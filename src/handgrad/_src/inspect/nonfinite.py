@@ -77,7 +77,10 @@ class ArrayStats:
   nans: int
 
   def __str__(self) -> str:
-    body = f"min={self.min:.4g} max={self.max:.4g} zeros={self.zeros} negatives={self.negatives}"
+    # min > max: no finite element (min and max start at ±float32 max, see _stats_arrays).
+    span = (f"min={self.min:.4g} max={self.max:.4g}" if self.min <= self.max
+            else "no finite element")
+    body = f"{span} zeros={self.zeros} negatives={self.negatives}"
     if self.infs or self.nans:
       body += f" infs={self.infs} nans={self.nans}"
     shape = ",".join(map(str, self.shape))
@@ -508,7 +511,8 @@ def find_nonfinite(f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
       in_shapes=tuple(tuple(a.shape) for a in avals),
       out_shapes=tuple(tuple(v.aval.shape) for v in leaf.eqn.outvars),
       inputs=tuple(stats), cotangents=tuple(cts), masked=masked)
-  report["diagnosis"] = _diagnose(meta2, leaf, phase, stats + cts, scale, bad_grads)
+  report["diagnosis"] = _diagnose(meta2, leaf, phase, stats + cts, scale, bad_grads,
+                                  literal=meta2.literal_bad.get(p, ()))
   return NonFiniteReport(**report)
 
 
@@ -576,7 +580,9 @@ def _is_softmax(graph, n) -> bool:
 _FP16_MAX = {"float16": 65504.0, "bfloat16": 3.39e38}
 
 
-def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> str:
+def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads,
+              literal=()) -> str:
+  """``literal``: the positions of the equation's non-finite literal operands."""
   eqn = leaf.eqn
   g_jaxpr = meta.jaxpr
   name = eqn.primitive.name
@@ -613,6 +619,11 @@ def _diagnose(meta: _Meta, leaf, phase: str, stats: list, scale, bad_grads) -> s
       return f"{op} of logits that are already non-finite."
 
   if phase == "forward":
+    if literal:
+      which = ", ".join(str(k) for k in literal)
+      return (f"a constant inf or NaN written in the program: operand {which} of `{op or name}` "
+              "is a literal, not a computed value (a float('inf') or jnp.inf in the source, "
+              "or a mask value such as -inf that reaches the loss).")
     if name == "log":
       if x.zeros and _is_softmax(g, leaf.ins[0]):
         return ("log of a softmax that underflowed: some probabilities are exactly 0 in "
