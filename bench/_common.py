@@ -38,11 +38,12 @@ def interleaved_samples(steps: Sequence[Callable[[], object]], *, repeats: int,
 
   Each round times ``iters`` back-to-back calls of every thunk in turn, in an order
   drawn afresh each round (seeded) whose first thunk is never the previous round's
-  last.  With more than two variants, a fixed forward/backward alternation would let
-  the first and last variants run twice in a row across rounds, on warm caches, and
-  every other variant always after another program: measured, that alone made a step
-  that is 1.006× another read 1.03×.  Thunks must already be compiled (call each once
-  first).
+  last.  With more than two variants, a fixed forward/backward alternation lets the
+  first and last variants run twice in a row across rounds, on warm caches, while the
+  others always follow another program.  Even so, each variant's time includes the
+  cache state the others leave: with six steps of the MLP in turn, a step measured at
+  1.006× another alone read 1.02–1.04×; compare two at a time where it matters
+  (bench/diagnostics.py does).  Thunks must already be compiled (call each once first).
   """
   samples: list[list[float]] = [[] for _ in steps]
   rng = random.Random(0)
