@@ -68,6 +68,8 @@ LAPACK_RULES = ("cholesky", "eigh", "qr", "svd", "lu", "eig", "triangular_solve"
 
 
 STATUSES = ("pass", "fail", "skip", "jax-wrong", "auto-layout", "float32-conditioning")
+#: The statuses of a configuration whose cotangents were compared (not failed or skipped).
+COMPARED = ("pass", "jax-wrong", "auto-layout", "float32-conditioning")
 
 
 #: Configurations whose forward program alone aborts the process inside XLA (a fatal
@@ -151,23 +153,14 @@ def _run(spec, case, k, kind):
            if jnp.issubdtype(o.dtype, jnp.inexact) else np.zeros(o.shape, jax.dtypes.float0)
            for o in out_leaves]
 
-    def with_vjp(vjp_of):
-      # The cotangents are arguments of the jitted program (closed-over arrays would
-      # become constants without their sharding).
-      def program(xs, cts):
-        out, vjp = vjp_of(spec.fun, *xs)
-        return out, vjp(jax.tree.unflatten(out_tree, cts))
-      return jax.jit(program)
-
-    # Each program finishes before the next starts: two in-flight programs with
-    # collectives on XLA:CPU's forced devices can wait on each other for ever (seen with
-    # cholesky, batch axis sharded, Auto mesh, after the jax.vjp reference).
+    # Each program finishes before the next starts, so that an error (or a hang) is
+    # the program's that caused it.
     try:
-      ref_out, ref_cts = jax.block_until_ready(with_vjp(jax.vjp)(put, cts))
+      ref_out, ref_cts = jax.block_until_ready(_vjp_program(spec.fun, out_tree, jax.vjp)(put, cts))
     except Exception as e:
       return "skip", f"jax.vjp rejects it too: {type(e).__name__}: {str(e)[:120]}"
     try:
-      hand_out, hand_cts = jax.block_until_ready(with_vjp(hg.vjp)(put, cts))
+      hand_out, hand_cts = jax.block_until_ready(_vjp_program(spec.fun, out_tree, hg.vjp)(put, cts))
     except Exception as e:
       return "fail", (f"{type(e).__name__}: {str(e)[:300]}"
                       + (traceback.format_exc() if "--tb" in sys.argv else ""))
@@ -177,12 +170,13 @@ def _run(spec, case, k, kind):
     h, r = hand_cts[i], ref_cts[i]
     if not _close(h, r):
       if single is None:  # who is right: the same vjp on one device, no mesh
-        single = with_vjp(jax.vjp)(list(args), [np.asarray(c) for c in cts])[1]
+        single = _vjp_program(spec.fun, out_tree, jax.vjp)(
+            list(args), [np.asarray(c) for c in cts])[1]
       if _close(h, single[i]):
         jax_wrong.append(f"arg {i}: jax.vjp on the mesh differs from jax.vjp on one device "
                          "(max {:.3g}); the hand pass matches one device".format(
                              np.nanmax(np.abs(np.asarray(r) - np.asarray(single[i])))))
-      elif (conditioning := _float32_conditioning(spec.fun, args, cts, i, h, r, single)):
+      elif (conditioning := _float32_conditioning(spec.fun, out_tree, args, cts, i, h, r, single)):
         ill_conditioned.append(conditioning)
       else:
         problems.append(f"arg {i}: value differs (max {np.nanmax(np.abs(np.asarray(h) - np.asarray(r))):.3g})")
@@ -198,24 +192,20 @@ def _run(spec, case, k, kind):
   return ("float32-conditioning", "; ".join(ill_conditioned)) if ill_conditioned else ("pass", "")
 
 
-def _float32_conditioning(fun, args, cts, i, hand, ref, ref_single) -> str | None:
+def _float32_conditioning(fun, out_tree, args, cts, i, hand, ref, ref_single) -> str | None:
   """Why the hand and the reference cotangent ``i`` of the mesh may differ in float32
   without either being wrong, or None: the hand pass on one device gives the hand pass
   on the mesh, jax.vjp on one device gives jax.vjp on the mesh (sharding changed
   neither), and on one device, in float64 from the same float32 values, the two agree."""
-  def one_device(vjp_of, xs, cs):
-    out_tree = jax.tree.structure(jax.eval_shape(fun, *xs))
-    def program(xs, cs):
-      return vjp_of(fun, *xs)[1](jax.tree.unflatten(out_tree, cs))
-    return jax.jit(program)(list(xs), list(cs))
   cts1 = [np.asarray(c) for c in cts]
-  hand_single = one_device(hg.vjp, args, cts1)[i]
+  hand_single = _vjp_program(fun, out_tree, hg.vjp)(list(args), cts1)[1][i]
   if not (_close(hand, hand_single) and _close(ref, ref_single[i])):
     return None
   widen = lambda a: np.asarray(a, np.float64) if np.issubdtype(a.dtype, np.floating) else a  # noqa: E731
+  args64, cts64 = [widen(np.asarray(a)) for a in args], [widen(c) for c in cts1]
   with jax.enable_x64(True):
-    h64 = one_device(hg.vjp, [widen(np.asarray(a)) for a in args], [widen(c) for c in cts1])[i]
-    r64 = one_device(jax.vjp, [widen(np.asarray(a)) for a in args], [widen(c) for c in cts1])[i]
+    h64 = _vjp_program(fun, out_tree, hg.vjp)(args64, cts64)[1][i]
+    r64 = _vjp_program(fun, out_tree, jax.vjp)(args64, cts64)[1][i]
     scale = max(1.0, float(np.max(np.abs(np.asarray(r64)))))
     err64 = float(np.max(np.abs(np.asarray(h64) - np.asarray(r64)))) / scale
   if err64 > 1e-9:
@@ -223,6 +213,16 @@ def _float32_conditioning(fun, args, cts, i, hand, ref, ref_single) -> str | Non
   return (f"arg {i}: float32 values differ by {np.nanmax(np.abs(np.asarray(hand) - np.asarray(ref))):.3g} "
           f"(largest entry {np.nanmax(np.abs(np.asarray(ref))):.3g}); each pass equals its one-device "
           f"result; in float64 on one device they agree to {err64:.2g} (relative)")
+
+
+def _vjp_program(fun, out_tree, vjp_of):
+  """``jit((xs, cts) -> (fun(*xs), the input cotangents))`` by ``vjp_of`` (jax.vjp or
+  handgrad.vjp); ``cts`` are the output leaves' cotangents, as arguments of the jitted
+  program (closed-over arrays would become constants without their sharding)."""
+  def program(xs, cts):
+    out, vjp = vjp_of(fun, *xs)
+    return out, vjp(jax.tree.unflatten(out_tree, cts))
+  return jax.jit(program)
 
 
 def _close(h, r) -> bool:
@@ -319,7 +319,7 @@ def sweep(names=None, quick=False) -> dict:
             status, detail = _run(spec, case, k, kind)
           except Exception as e:
             status, detail = "fail", f"harness: {type(e).__name__}: {str(e)[:200]}"
-          if status in ("pass", "jax-wrong", "auto-layout", "float32-conditioning"):
+          if status in COMPARED:
             seen.add(spec.name)
           if status != "none":
             results[key] = [status, detail]
@@ -352,6 +352,6 @@ if __name__ == "__main__":
       counts = {s: sum(r[0] == s for r in rows) for s in STATUSES}
       print(rule, counts, file=sys.stderr)
       for status, key, detail in rows:
-        if status not in ("pass", "skip"):
+        if status not in ("pass", "skip"):  # fail or one of the explained differences
           print("  ", status.upper(), key, detail, file=sys.stderr)
   print(json.dumps(res))
